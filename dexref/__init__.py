@@ -1,0 +1,1 @@
+"""DEX reference engine (PyTorch). Comes with the reference-engine issue."""

@@ -1,0 +1,1 @@
+"""Lattice animations and sweep plots. Come with the viz issue."""
