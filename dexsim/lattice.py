@@ -1,0 +1,348 @@
+"""The DEX lattice core: nodes, anchor, advance, exit, expand, commit and collapse (DESIGN.md section 3).
+
+This is the one implementation of the algorithm. The replay, the reference engine, the animations and
+the proofs' conformance tests all run it. It never decides tokens: an `Executor` answers with exit
+tokens, a `Policy` (policies.py) chooses which node-layers run each round and what to expand.
+
+Layout. The core runs S independent sequences at once, structure-of-arrays: every node field is an
+[S, M] array, M = live-branch buffer + 1 node slots per sequence. Slot 0 is always the anchor and the
+live nodes of a sequence fill slots [0, n) in creation order, so a parent always sits before its
+children; a collapse compacts the survivors in place. A round is a few numpy operations over all S
+sequences, which is what makes replaying 100k-token traces fast; with S = 1 it is the plain algorithm.
+
+Jumps. When a policy says its choice of node-layers holds for several rounds and no chosen node
+reaches an exit depth before then, the core takes those rounds in one step and updates the counters
+in closed form. Executors that must compute every layer (the torch engine) set `can_jump = False`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+NO_TOKEN = -1
+
+# Event kinds of the event log.
+SPAWN, ADVANCE, EXIT, COMMIT, COLLAPSE, DISCARD = range(6)
+EVENT_NAMES = ("spawn", "advance", "exit", "commit", "collapse", "discard")
+EVENT_DTYPE = np.dtype([
+    ("kind", "u1"), ("seq", "i4"), ("round", "i8"), ("node", "i8"), ("parent", "i8"),
+    ("pos", "i8"), ("depth", "i2"), ("token", "i8"), ("n", "i8"), ("conf", "f4"),
+])
+EVENTS_VERSION = 1
+
+
+class Executor(Protocol):
+    """What the core asks of a model (real tensors) or of a trace (replay)."""
+
+    can_jump: bool
+
+    def compute(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray, layers: np.ndarray) -> None:
+        """Compute `layers` more layers of each node (seq, slot), starting at its current depth.
+        All ancestors already hold (or compute in this same call) the layers each node needs."""
+
+    def read_exits(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exit tokens and their confidences of nodes (seq, slot) at their current depth."""
+
+    def spawned(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> None:
+        """Nodes were just created in these slots (fields set, depth 0); set up their state (`tag`)."""
+
+
+@dataclass
+class Counters:
+    """Per-sequence counters of one run ([S] arrays), plus histograms the cost model prices."""
+
+    tokens: np.ndarray
+    rounds: np.ndarray
+    node_layers: np.ndarray
+    head_evals: np.ndarray
+    weight_loads: np.ndarray
+    wasted_node_layers: np.ndarray
+    fallbacks: np.ndarray
+    load_rows: np.ndarray = field(default=None)  # [M+1]: weight loads shared by r node-layers
+    head_rows: np.ndarray = field(default=None)  # [M+1]: rounds that read r exit heads
+    context_sum: int = 0  # sum over node-layers of the row's context length (KV positions read)
+
+    @classmethod
+    def zeros(cls, n_seqs: int, capacity: int) -> "Counters":
+        z = lambda: np.zeros(n_seqs, np.int64)  # noqa: E731
+        return cls(z(), z(), z(), z(), z(), z(), z(),
+                   np.zeros(capacity + 1, np.int64), np.zeros(capacity + 1, np.int64), 0)
+
+    def totals(self) -> dict:
+        names = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
+        return {k: int(getattr(self, k).sum()) for k in names}
+
+
+class Lattice:
+    """The state of S lattices, one per sequence, and the transitions of DESIGN.md section 3."""
+
+    def __init__(self, *, L: int, exits: np.ndarray, capacity: int, root_tokens, root_pos, max_tokens,
+                 eos: int | None = None, record_events: bool = False):
+        S, M = len(root_tokens), capacity
+        self.L, self.S, self.M, self.eos = L, S, M, eos
+        self.is_exit = np.zeros(L + 1, bool)
+        self.is_exit[np.asarray(exits)] = True
+        # next_exit[d]: the first exit depth above d, for jumps.
+        self.next_exit = np.array([d + 1 + np.argmax(self.is_exit[d + 1:]) for d in range(L)] + [L])
+        # prev_exit[d]: the exit depth below d a node read last (0: none), for off-path replay.
+        self.prev_exit = np.array([max([e for e in range(1, d) if self.is_exit[e]], default=0) for d in range(L + 1)])
+
+        shape = (S, M)
+        self.n = np.ones(S, np.int64)  # live nodes per sequence, in slots [0, n)
+        self.token = np.full(shape, NO_TOKEN, np.int64)  # the node's own token
+        self.pos = np.zeros(shape, np.int64)  # position of that token in the sequence
+        self.depth = np.zeros(shape, np.int64)  # layers computed, 0..L
+        self.parent = np.full(shape, -1, np.int64)  # parent slot, -1 for the anchor
+        self.node_id = np.zeros(shape, np.int64)  # unique per sequence, never reused
+        self.exit_token = np.full(shape, NO_TOKEN, np.int64)  # last exit token read
+        self.exit_conf = np.zeros(shape, np.float32)  # its confidence
+        self.spawn_depth = np.zeros(shape, np.int64)  # parent's depth when this node was spawned
+        self.spawn_conf = np.zeros(shape, np.float32)  # parent's exit confidence then
+        self.guessed = np.zeros(shape, bool)  # has expanded at least once (one-guess policies)
+        self.tag = np.zeros(shape, np.int64)  # the executor's own per-node state (moves with the node)
+
+        self.token[:, 0] = root_tokens
+        self.pos[:, 0] = root_pos
+        self.next_id = np.ones(S, np.int64)
+        self.round = np.zeros(S, np.int64)
+        self.max_tokens = np.asarray(max_tokens, np.int64)
+        self.active = self.max_tokens > 0
+        self.output = np.full((S, int(self.max_tokens.max(initial=0))), NO_TOKEN, np.int64)
+        self.counters = Counters.zeros(S, M)
+        self.record_events = record_events
+        self._events: list[np.ndarray] = []
+        self._log(SPAWN, np.arange(S), np.zeros(S, np.int64))
+
+    # ------------------------------------------------------------------ queries
+
+    def live(self) -> np.ndarray:
+        """[S, M] mask of live node slots."""
+        return np.arange(self.M)[None, :] < self.n[:, None]
+
+    def branches(self) -> np.ndarray:
+        """Live branches (nodes below the anchor) per sequence."""
+        return self.n - 1
+
+    def events(self) -> np.ndarray:
+        """The event log so far, a structured array of EVENT_DTYPE, in the order things happened."""
+        return np.concatenate(self._events) if self._events else np.zeros(0, EVENT_DTYPE)
+
+    def tree(self, s: int) -> list[dict]:
+        """The live lattice of sequence s as plain records (for tests, viz and debugging)."""
+        par = self.parent[s]
+        return [dict(node=int(self.node_id[s, j]), parent=int(self.node_id[s, par[j]]) if par[j] >= 0 else -1,
+                     token=int(self.token[s, j]), pos=int(self.pos[s, j]), depth=int(self.depth[s, j]))
+                for j in range(self.n[s])]
+
+    # ------------------------------------------------------------------ event log
+
+    def _log(self, kind, s, j, *, token=None, n=None, depth=None, conf=None, node=None, parent=None):
+        if not self.record_events or len(s) == 0:
+            return
+        e = np.zeros(len(s), EVENT_DTYPE)
+        e["kind"], e["seq"], e["round"] = kind, s, self.round[s]
+        e["node"] = self.node_id[s, j] if node is None else node
+        if parent is None:
+            pj = self.parent[s, j]
+            e["parent"] = np.where(pj >= 0, self.node_id[s, np.maximum(pj, 0)], -1)
+        else:
+            e["parent"] = parent
+        e["pos"] = self.pos[s, j]
+        e["depth"] = self.depth[s, j] if depth is None else depth
+        e["token"] = self.token[s, j] if token is None else token
+        e["n"] = 0 if n is None else n
+        e["conf"] = 0 if conf is None else conf
+        self._events.append(e)
+
+    # ------------------------------------------------------------------ transitions
+
+    def advance(self, executor: Executor, chosen: np.ndarray, rounds: np.ndarray) -> None:
+        """Every chosen node computes `rounds[s]` more layers, one per round (they are all legal
+        and none reaches an exit depth before the last of them: the caller checked)."""
+        s, j = np.nonzero(chosen)
+        m = rounds[s]
+        executor.compute(self, s, j, m)
+        self._log(ADVANCE, s, j, n=m)
+        c = self.counters
+        act = np.nonzero(chosen.any(1))[0]
+        c.rounds[act] += rounds[act]
+        np.add.at(c.node_layers, s, m)
+        c.context_sum += int(((self.pos[s, j] + 1) * m).sum())
+        # One weight load per distinct (sequence, layer) in a round; its rows share it.
+        key = s * (self.L + 1) + self.depth[s, j]
+        groups, first, rows = np.unique(key, return_index=True, return_counts=True)
+        np.add.at(c.weight_loads, s[first], m[first])
+        c.load_rows += np.bincount(rows, weights=m[first], minlength=self.M + 1).astype(np.int64)
+        self.depth[s, j] += m
+        self.round[act] += rounds[act]
+
+    def read_exits(self, executor: Executor, chosen: np.ndarray):
+        """Exit tokens of the chosen nodes that now sit at an exit depth. Returns (s, j, tok, conf)."""
+        at_exit = chosen & self.is_exit[self.depth]
+        s, j = np.nonzero(at_exit)
+        if len(s) == 0:
+            return s, j, s, np.zeros(0, np.float32)
+        tok, conf = executor.read_exits(self, s, j)
+        self.exit_token[s, j], self.exit_conf[s, j] = tok, conf
+        self._log(EXIT, s, j, token=tok, conf=conf)
+        np.add.at(self.counters.head_evals, s, 1)
+        self.counters.head_rows += np.bincount(np.bincount(s)[np.unique(s)], minlength=self.M + 1)
+        return s, j, tok, conf
+
+    def expand(self, executor: Executor, s: np.ndarray, j: np.ndarray, tok: np.ndarray, buffer: int) -> None:
+        """Give node (s, j) a child with token `tok`, unless a sibling already has that token or the
+        sequence already holds `buffer` live branches. Requests are served in slot order."""
+        order = np.lexsort((j, s))
+        s, j, tok = s[order], j[order], tok[order]
+        # Requests of one sequence are served one after the other, so do them in waves.
+        while len(s):
+            first = np.ones(len(s), bool)
+            first[1:] = s[1:] != s[:-1]
+            ws, wj, wt = s[first], j[first], tok[first]
+            s, j, tok = s[~first], j[~first], tok[~first]
+            dup = ((self.parent[ws] == wj[:, None]) & (self.token[ws] == wt[:, None])
+                   & (np.arange(self.M)[None, :] < self.n[ws, None])).any(1)
+            ok = ~dup & (self.n[ws] - 1 < buffer)
+            ws, wj, wt = ws[ok], wj[ok], wt[ok]
+            c = self.n[ws]
+            self.token[ws, c] = wt
+            self.pos[ws, c] = self.pos[ws, wj] + 1
+            self.depth[ws, c] = 0
+            self.parent[ws, c] = wj
+            self.node_id[ws, c] = self.next_id[ws]
+            self.next_id[ws] += 1
+            self.exit_token[ws, c] = NO_TOKEN
+            self.exit_conf[ws, c] = 0
+            self.spawn_depth[ws, c] = self.depth[ws, wj]
+            self.spawn_conf[ws, c] = self.exit_conf[ws, wj]
+            self.guessed[ws, c] = False
+            self.guessed[ws, wj] = True
+            self.n[ws] += 1
+            executor.spawned(self, ws, c)
+            self._log(SPAWN, ws, c, n=self.spawn_depth[ws, c])
+
+    def commit(self, executor: Executor) -> None:
+        """While an anchor sits at depth L: commit its final token, collapse to the matching child
+        (or fall back to a fresh node), stop the sequence at its limit or EOS."""
+        while True:
+            s = np.nonzero(self.active & (self.depth[:, 0] == self.L))[0]
+            if len(s) == 0:
+                return
+            c = self.counters
+            y = self.exit_token[s, 0]
+            self._log(COMMIT, s, np.zeros(len(s), np.int64), token=y)
+            self.output[s, c.tokens[s]] = y
+            c.tokens[s] += 1
+            live = np.arange(self.M)[None, :] < self.n[s, None]
+            match = (self.parent[s] == 0) & (self.token[s] == y[:, None]) & live
+            has_child = match.any(1)
+            child = np.where(has_child, match.argmax(1), 0)
+            # keep = the matching child and its subtree; slots are in topological order.
+            keep = np.zeros((len(s), self.M), bool)
+            keep[has_child, child[has_child]] = True
+            for k in range(1, self.M):
+                keep[:, k] |= keep[np.arange(len(s)), np.maximum(self.parent[s, k], 0)] & (self.parent[s, k] >= 0)
+            gone = live & ~keep
+            gone[:, 0] = False  # the old anchor is committed work, not waste
+            self._discard(s, gone)
+            c.fallbacks[s] += ~has_child
+            old_anchor_id = self.node_id[s, 0].copy()
+            old_anchor_pos = self.pos[s, 0].copy()
+            self._compact(s, keep)
+            fb = s[~has_child]
+            if len(fb):  # fallback: a fresh anchor for the committed token
+                self._reset_root(fb, y[~has_child], old_anchor_pos[~has_child] + 1)
+                executor.spawned(self, fb, np.zeros(len(fb), np.int64))
+                self._log(SPAWN, fb, np.zeros(len(fb), np.int64), parent=old_anchor_id[~has_child])
+            self._log(COLLAPSE, s, np.zeros(len(s), np.int64), n=gone.sum(1), parent=old_anchor_id)
+            done = c.tokens[s] >= self.max_tokens[s]
+            if self.eos is not None:
+                done |= y == self.eos
+            self.stop(s[done])
+
+    def stop(self, s: np.ndarray) -> None:
+        """End these sequences: whatever is still in their lattice is discarded as waste."""
+        if len(s) == 0:
+            return
+        live = np.arange(self.M)[None, :] < self.n[s, None]
+        self._discard(s, live)
+        self.n[s] = 0
+        self.active[s] = False
+
+    def _discard(self, s: np.ndarray, mask: np.ndarray) -> None:
+        self.counters.wasted_node_layers[s] += (self.depth[s] * mask).sum(1)
+        if self.record_events:
+            rs, rj = np.nonzero(mask)
+            self._log(DISCARD, s[rs], rj)
+
+    def _compact(self, s: np.ndarray, keep: np.ndarray) -> None:
+        """Move the kept slots of sequences s to the front, in order; the first becomes the anchor."""
+        perm = np.argsort(~keep, axis=1, kind="stable")  # [len(s), M]
+        newidx = np.cumsum(keep, axis=1) - 1  # old slot -> new slot, where kept
+        rows = s[:, None]
+        for a in ("token", "pos", "depth", "node_id", "exit_token", "exit_conf",
+                  "spawn_depth", "spawn_conf", "guessed", "tag", "parent"):
+            arr = getattr(self, a)
+            arr[rows, np.arange(self.M)] = arr[rows, perm]
+        par = self.parent[s]
+        self.parent[s] = np.where(par >= 0, np.take_along_axis(newidx, np.maximum(par, 0), 1), -1)
+        self.parent[s, 0] = -1
+        self.n[s] = keep.sum(1)
+
+    def _reset_root(self, s: np.ndarray, tokens: np.ndarray, pos: np.ndarray) -> None:
+        self.pos[s, 0] = pos
+        self.token[s, 0] = tokens
+        self.depth[s, 0] = 0
+        self.parent[s, 0] = -1
+        self.node_id[s, 0] = self.next_id[s]
+        self.next_id[s] += 1
+        self.exit_token[s, 0] = NO_TOKEN
+        self.exit_conf[s, 0] = 0
+        self.spawn_depth[s, 0] = 0
+        self.spawn_conf[s, 0] = 0
+        self.guessed[s, 0] = False
+        self.n[s] = 1
+
+
+FOREVER = np.iinfo(np.int64).max // 4
+
+
+def run(lat: Lattice, policy, executor: Executor) -> Lattice:
+    """Run rounds until every sequence has stopped."""
+    start(lat, executor)
+    while lat.active.any():
+        step(lat, policy, executor)
+    return lat
+
+
+def start(lat: Lattice, executor: Executor) -> None:
+    if lat.round.any():
+        raise ValueError("a run starts from a fresh lattice")
+    executor.spawned(lat, np.arange(lat.S), np.zeros(lat.S, np.int64))  # the roots
+
+
+def step(lat: Lattice, policy, executor: Executor) -> None:
+    """One round for every live sequence (or several, where nothing can happen in between): the
+    policy chooses node-layers, the executor computes them, exits are read, the policy expands,
+    anchors at depth L commit."""
+    s = np.nonzero(lat.active)[0]
+    chosen_s, hold = policy.select(lat, s)
+    if not chosen_s.any(1).all():
+        raise RuntimeError(f"policy {policy.name} chose no node-layer for a live sequence")
+    if executor.can_jump:
+        d = lat.depth[s]
+        to_exit = np.where(chosen_s, lat.next_exit[d] - d, FOREVER).min(1)
+        m = np.minimum(hold, to_exit)
+    else:
+        m = np.ones(len(s), np.int64)
+    chosen = np.zeros((lat.S, lat.M), bool)
+    chosen[s] = chosen_s
+    rounds = np.zeros(lat.S, np.int64)
+    rounds[s] = m
+    lat.advance(executor, chosen, rounds)
+    es, ej, tok, conf = lat.read_exits(executor, chosen)
+    want = policy.wants(lat, es, ej, tok, conf)
+    lat.expand(executor, es[want], ej[want], tok[want], policy.buffer)
+    lat.commit(executor)
