@@ -194,7 +194,8 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     """Seconds for a replay's counters, split into PARTS (seconds == their sum).
 
     load_rows[r]: layer weight loads shared by r rows. head_rows[r]: rounds that evaluated r exit heads
-    (one head weight load each). ctx_per_row: mean KV positions a row reads. stage_crossings: pipeline
+    (one head weight load each). Entries at index 0 cost nothing. ctx_per_row: mean KV positions a row
+    reads. stage_crossings: pipeline
     point-to-point transfers, each carrying one `hw.batch`-row group. rounds is reported, not charged:
     a round's cost is the loads and heads it did.
     """

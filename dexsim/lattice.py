@@ -106,7 +106,7 @@ class Lattice:
         self.token[:, 0] = root_tokens
         self.pos[:, 0] = root_pos
         self.next_id = np.ones(S, np.int64)
-        self.round = np.zeros(S, np.int64)
+        self.round = np.zeros(S, np.int64)  # the current round of each sequence, from 0
         self.max_tokens = np.asarray(max_tokens, np.int64)
         self.active = self.max_tokens > 0
         self.output = np.full((S, int(self.max_tokens.max(initial=0))), NO_TOKEN, np.int64)
@@ -176,7 +176,7 @@ class Lattice:
         np.add.at(c.weight_loads, s[first], m[first])
         c.load_rows += np.bincount(rows, weights=m[first], minlength=self.M + 1).astype(np.int64)
         self.depth[s, j] += m
-        self.round[act] += rounds[act]
+        self.round[act] += rounds[act] - 1  # what follows happens in the last of these rounds
 
     def read_exits(self, executor: Executor, chosen: np.ndarray):
         """Exit tokens of the chosen nodes that now sit at an exit depth. Returns (s, j, tok, conf)."""
@@ -346,3 +346,4 @@ def step(lat: Lattice, policy, executor: Executor) -> None:
     want = policy.wants(lat, es, ej, tok, conf)
     lat.expand(executor, es[want], ej[want], tok[want], policy.buffer)
     lat.commit(executor)
+    lat.round[s] += 1

@@ -184,7 +184,7 @@ def add_policy_flags(p) -> None:
 def policy_from_args(args, trace: Trace):
     from .synth import parse_depths
 
-    exits = parse_depths(args.exits, trace.L)
+    exits = parse_depths(args.exits, trace.L, flag="--exits")
     if args.policy == "oracle-select":
         return None, exits
     return make_policy(args.policy, trace.L, exits=exits, explorers=args.explorers, buffer=args.buffer,

@@ -14,9 +14,9 @@ from importlib.metadata import version
 
 import numpy as np
 
+from .analyze import ead_indices
 from .catalog import get_model
 from .errors import UserError
-from .analyze import ead_indices
 from .trace import Trace, load_trace, make_meta, save_trace, trace_checksum
 
 EAD_FORMS = "fixed:D, uniform:LO,HI, beta:A,B[,LATE], two-point:E,ALPHA or empirical:TRACE.npz"

@@ -187,7 +187,8 @@ def validate(trace: Trace):
 
 def _read_meta(trace_path: str, raw: np.ndarray) -> dict:
     if raw.ndim != 0 or raw.dtype.kind != "U":
-        raise UserError(f"{trace_path}: meta: expected a 0-d unicode array, got dtype {raw.dtype.str} shape {raw.shape}")
+        raise UserError(f"{trace_path}: meta: expected a 0-d unicode array, "
+                        f"got dtype {raw.dtype.str} shape {raw.shape}")
     try:
         return json.loads(str(raw[()]))
     except json.JSONDecodeError as e:

@@ -1,0 +1,167 @@
+"""The lattice core under every policy, on random traces: DESIGN.md section 3 invariants."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+from strategies import policies, tiny_trace, traces
+from eventcheck import check_event_log
+
+from dexsim import lattice as core
+from dexsim.policies import AR, DEX, LayerSkip
+from dexsim.replay import ReplayExecutor, make_policy, oracle_select, output_matches, replay, result
+from dexsim.synth import synth_trace
+
+
+@st.composite
+def trace_and_policy(draw):
+    trace = draw(traces())
+    return trace, draw(policies(trace))
+
+
+@given(trace_and_policy(), st.integers(0, 3))
+def test_every_policy_commits_exactly_the_trace(tp, seed):
+    trace, policy = tp
+    lat = replay(trace, policy, seed=seed, record_events=True)
+    assert output_matches(trace, lat)
+    check_event_log(lat.events(), lat)
+
+
+@given(trace_and_policy())
+def test_invariants_hold_after_every_round(tp):
+    """Every live node's path extends the committed sequence; children never deeper than parents;
+    siblings distinct; the anchor is the last committed token at its position."""
+    trace, policy = tp
+    lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
+                       root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                       max_tokens=np.diff(trace.seq_offsets))
+    ex = ReplayExecutor(trace)
+    core.start(lat, ex)
+    while lat.active.any():
+        core.step(lat, policy, ex)
+        for s in np.nonzero(lat.active)[0]:
+            n, k = lat.n[s], lat.counters.tokens[s]
+            assert lat.pos[s, 0] == trace.prompt_len[s] - 1 + k
+            if k:
+                assert lat.token[s, 0] == lat.output[s, k - 1]
+            assert lat.tag[s, 0] == 1  # the anchor is always on the true path
+            for j in range(1, n):
+                p = lat.parent[s, j]
+                assert 0 <= p < j
+                assert lat.pos[s, j] == lat.pos[s, p] + 1
+                assert lat.depth[s, j] <= lat.depth[s, p]
+            kids = [(lat.parent[s, j], lat.token[s, j]) for j in range(1, n)]
+            assert len(kids) == len(set(kids))
+            assert n - 1 <= policy.buffer
+
+
+@given(traces())
+def test_ar_costs_L_rounds_per_token(trace):
+    lat = replay(trace, AR(trace.L))
+    c, n = lat.counters.totals(), trace.n_tokens
+    assert c["rounds"] == c["node_layers"] == c["weight_loads"] == trace.L * n
+    assert c["head_evals"] == n and c["wasted_node_layers"] == 0
+
+
+@given(traces(), st.integers(1, 4))
+def test_dex_with_only_final_exit_and_one_explorer_is_ar(trace, buffer):
+    a = replay(trace, AR(trace.L)).counters.totals()
+    d = replay(trace, DEX(trace.L, np.array([trace.L]), 1, buffer)).counters.totals()
+    assert a == d
+
+
+@given(trace_and_policy())
+def test_anchor_first_dex_never_needs_more_rounds_than_ar(tp):
+    trace, _ = tp
+    for priority in ("eager", "deep", "confident"):
+        for k in (1, 2, 4):
+            d = replay(trace, DEX(trace.L, trace.depths, k, 4, priority))
+            assert (d.counters.rounds <= trace.L * np.diff(trace.seq_offsets)).all()
+
+
+def fixed_ead_trace(L, d, n_tokens, vocab=1000, seed=0):
+    """Every token's exit is right from depth d on and wrong below it."""
+    rng = np.random.default_rng(seed)
+    depths = np.arange(1, L + 1)
+    final = rng.integers(0, vocab // 2, n_tokens)
+    et = np.where(depths[None, :] >= d, final[:, None], vocab // 2 + rng.integers(0, vocab // 2, (n_tokens, L)))
+    return tiny_trace(final, et, depths, [n_tokens], [3], vocab=vocab)
+
+
+def commit_rounds(lat):
+    ev = lat.events()
+    return ev["round"][ev["kind"] == core.COMMIT]
+
+
+@pytest.mark.parametrize("L,d,k", [(8, 2, 1), (8, 2, 2), (8, 2, 3), (8, 2, 4), (8, 2, 6), (12, 3, 2), (30, 7, 3),
+                                   (30, 7, 5), (32, 8, 4), (32, 5, 3), (16, 16, 2)])
+def test_dex_steady_state_on_fixed_ead(L, d, k):
+    """E = {d, L}, buffer large enough: with k >= ceil(L/d) explorers the chain commits one token every
+    d rounds (token n at round L + n*d); with fewer, the k lanes are the limit and commits come in
+    groups of k, one group every L rounds (token n at round L*(1 + n//k) + (n % k)*d)."""
+    N = 40
+    trace = fixed_ead_trace(L, d, N)
+    lat = replay(trace, DEX(L, np.array(sorted({d, L})), k, 16), record_events=True)
+    n = np.arange(N)
+    if k * d >= L:
+        expected = L + n * d
+    else:
+        expected = L * (1 + n // k) + (n % k) * d
+    # rounds are counted from 1: the commit of token n happens in round expected[n]
+    assert (commit_rounds(lat) + 1 == expected).all()
+    assert lat.counters.node_layers.sum() == L * N + lat.counters.wasted_node_layers.sum()
+
+
+def test_steady_state_loads_about_L_layers_per_token_on_one_device():
+    L, d, N = 32, 8, 100
+    lat = replay(fixed_ead_trace(L, d, N), DEX(L, np.array([d, L]), 4, 8))
+    c = lat.counters.totals()
+    assert c["rounds"] == L + (N - 1) * d
+    assert abs(c["weight_loads"] / N - L) <= 1  # rounds are latency, loads are what one device pays
+
+
+@pytest.mark.parametrize("alpha,gamma", [(0.5, 3), (0.8, 4), (0.3, 1), (0.9, 6)])
+def test_layerskip_closed_form_tokens_per_verification(alpha, gamma):
+    L, e = 32, 12
+    trace = synth_trace("llama2-7b", 40, 500, ead=f"two-point:{e},{alpha}", flicker=0.0, seed=7)
+    lat = replay(trace, LayerSkip(L, e, gamma), record_events=True)
+    ev = lat.events()
+    commits = ev[ev["kind"] == core.COMMIT]
+    steps = len(np.unique(commits["seq"].astype(np.int64) * 10**9 + commits["round"]))
+    measured = len(commits) / steps
+    expected = (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    # tokens per step is bounded in [1, gamma+1]; its standard error over `steps` i.i.d. steps
+    se = (gamma + 1) / np.sqrt(steps)
+    assert abs(measured - expected) < 3 * se, (measured, expected, steps)
+
+
+def test_oracle_select_is_no_worse_than_any_fixed_depth():
+    trace = synth_trace("smollm2-135m", 4, 40, seed=3)
+    best = oracle_select(trace, drafts=(2, 4))
+    assert best["output_matches_trace"]
+    for e in (10, 20, 29):
+        for g in (2, 4):
+            p = LayerSkip(trace.L, e, g)
+            assert best["weight_loads"] <= result(trace, replay(trace, p), p)["weight_loads"]
+
+
+def test_replay_is_deterministic_for_a_seed():
+    trace = synth_trace("smollm2-135m", 3, 50, seed=2)
+    p = make_policy("dex", trace.L, explorers=3, buffer=6)
+    a, b = replay(trace, p, seed=5, record_events=True), replay(trace, p, seed=5, record_events=True)
+    assert (a.events() == b.events()).all()
+
+
+def test_off_path_tokens_change_at_the_true_paths_rate():
+    """Off-path nodes must not look different: between consecutive exit depths their token changes
+    about as often as the true path's does, so a policy cannot tell them apart by it."""
+    trace = synth_trace("smollm2-135m", 10, 40, seed=4, change_rate=0.3)
+    lat = replay(trace, DEX(trace.L, trace.depths, 8, 12), record_events=True)
+    ev = lat.events()
+    ex = ev[(ev["kind"] == core.EXIT) & (ev["token"] >= trace.vocab)]
+    per_node = {}
+    for e in ex:
+        per_node.setdefault((e["seq"], e["node"]), []).append(int(e["token"]))
+    changes = [np.mean(np.diff(t) != 0) for t in per_node.values() if len(t) >= 5]
+    et = trace.exit_tokens
+    true_rate = np.mean([(et[:, c, None] != et[:, :c]).all(1).mean() for c in range(1, et.shape[1])])
+    assert len(changes) > 50
+    assert 0.7 < np.mean(changes) / true_rate < 1.4
