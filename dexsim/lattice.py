@@ -166,6 +166,145 @@ class Lattice:
         executor.compute(self, s, j, m)
         self._log(ADVANCE, s, j, n=m)
         c = self.counters
+        act = chosen.any(1)
+        c.rounds += np.where(act, rounds, 0)
+        c.node_layers += np.bincount(s, weights=m, minlength=self.S).astype(np.int64)
+        c.context_sum += int(((self.pos[s, j] + 1) * m).sum())
+        # One weight load per distinct (sequence, layer) in a round; its rows share it.
+        layer = np.where(chosen, self.depth, -1)
+        layer.sort(axis=1)
+        starts = (layer >= 0) & np.c_[np.ones(self.S, bool), layer[:, 1:] != layer[:, :-1]]
+        loads = starts.sum(1)
+        c.weight_loads += loads * rounds
+        rows = np.diff(np.r_[np.flatnonzero(starts[layer >= 0]), len(s)])  # run lengths, row-major
+        c.load_rows += np.bincount(rows, weights=np.repeat(rounds, loads), minlength=self.M + 1).astype(np.int64)
+        self.depth[s, j] += m
+        self.round += np.where(act, rounds - 1, 0)  # what follows happens in the last of these rounds
+
+    def read_exits(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exit tokens and their confidences of nodes (seq, slot) at their current depth."""
+
+    def spawned(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> None:
+        """Nodes were just created in these slots (fields set, depth 0); set up their state (`tag`)."""
+
+
+@dataclass
+class Counters:
+    """Per-sequence counters of one run ([S] arrays), plus histograms the cost model prices."""
+
+    tokens: np.ndarray
+    rounds: np.ndarray
+    node_layers: np.ndarray
+    head_evals: np.ndarray
+    weight_loads: np.ndarray
+    wasted_node_layers: np.ndarray
+    fallbacks: np.ndarray
+    load_rows: np.ndarray = field(default=None)  # [M+1]: weight loads shared by r node-layers
+    head_rows: np.ndarray = field(default=None)  # [M+1]: rounds that read r exit heads
+    context_sum: int = 0  # sum over node-layers of the row's context length (KV positions read)
+
+    @classmethod
+    def zeros(cls, n_seqs: int, capacity: int) -> "Counters":
+        z = lambda: np.zeros(n_seqs, np.int64)  # noqa: E731
+        return cls(z(), z(), z(), z(), z(), z(), z(),
+                   np.zeros(capacity + 1, np.int64), np.zeros(capacity + 1, np.int64), 0)
+
+    def totals(self) -> dict:
+        names = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
+        return {k: int(getattr(self, k).sum()) for k in names}
+
+
+class Lattice:
+    """The state of S lattices, one per sequence, and the transitions of DESIGN.md section 3."""
+
+    def __init__(self, *, L: int, exits: np.ndarray, capacity: int, root_tokens, root_pos, max_tokens,
+                 eos: int | None = None, record_events: bool = False):
+        S, M = len(root_tokens), capacity
+        self.L, self.S, self.M, self.eos = L, S, M, eos
+        self.is_exit = np.zeros(L + 1, bool)
+        self.is_exit[np.asarray(exits)] = True
+        # next_exit[d]: the first exit depth above d, for jumps.
+        self.next_exit = np.array([d + 1 + np.argmax(self.is_exit[d + 1:]) for d in range(L)] + [L])
+        # prev_exit[d]: the exit depth below d a node read last (0: none), for off-path replay.
+        self.prev_exit = np.array([max([e for e in range(1, d) if self.is_exit[e]], default=0) for d in range(L + 1)])
+
+        shape = (S, M)
+        self.n = np.ones(S, np.int64)  # live nodes per sequence, in slots [0, n)
+        self.token = np.full(shape, NO_TOKEN, np.int64)  # the node's own token
+        self.pos = np.zeros(shape, np.int64)  # position of that token in the sequence
+        self.depth = np.zeros(shape, np.int64)  # layers computed, 0..L
+        self.parent = np.full(shape, -1, np.int64)  # parent slot, -1 for the anchor
+        self.node_id = np.zeros(shape, np.int64)  # unique per sequence, never reused
+        self.exit_token = np.full(shape, NO_TOKEN, np.int64)  # last exit token read
+        self.exit_conf = np.zeros(shape, np.float32)  # its confidence
+        self.spawn_depth = np.zeros(shape, np.int64)  # parent's depth when this node was spawned
+        self.spawn_conf = np.zeros(shape, np.float32)  # parent's exit confidence then
+        self.guessed = np.zeros(shape, bool)  # has expanded at least once (one-guess policies)
+        self.tag = np.zeros(shape, np.int64)  # the executor's own per-node state (moves with the node)
+
+        self.token[:, 0] = root_tokens
+        self.pos[:, 0] = root_pos
+        self.next_id = np.ones(S, np.int64)
+        self.round = np.zeros(S, np.int64)  # the current round of each sequence, from 0
+        self.max_tokens = np.asarray(max_tokens, np.int64)
+        self.active = self.max_tokens > 0
+        self.output = np.full((S, int(self.max_tokens.max(initial=0))), NO_TOKEN, np.int64)
+        self.counters = Counters.zeros(S, M)
+        self.record_events = record_events
+        self._events: list[np.ndarray] = []
+        self._log(SPAWN, np.arange(S), np.zeros(S, np.int64))
+
+    # ------------------------------------------------------------------ queries
+
+    def live(self) -> np.ndarray:
+        """[S, M] mask of live node slots."""
+        return np.arange(self.M)[None, :] < self.n[:, None]
+
+    def branches(self) -> np.ndarray:
+        """Live branches (nodes below the anchor) per sequence."""
+        return self.n - 1
+
+    def events(self) -> np.ndarray:
+        """The event log so far, a structured array of EVENT_DTYPE, in the order things happened."""
+        return np.concatenate(self._events) if self._events else np.zeros(0, EVENT_DTYPE)
+
+    def tree(self, s: int) -> list[dict]:
+        """The live lattice of sequence s as plain records (for tests, viz and debugging)."""
+        par = self.parent[s]
+        return [dict(node=int(self.node_id[s, j]), parent=int(self.node_id[s, par[j]]) if par[j] >= 0 else -1,
+                     token=int(self.token[s, j]), pos=int(self.pos[s, j]), depth=int(self.depth[s, j]))
+                for j in range(self.n[s])]
+
+    # ------------------------------------------------------------------ event log
+
+    def _log(self, kind, s, j, *, token=None, n=None, depth=None, conf=None, node=None, parent=None):
+        if not self.record_events or len(s) == 0:
+            return
+        e = np.zeros(len(s), EVENT_DTYPE)
+        e["kind"], e["seq"], e["round"] = kind, s, self.round[s]
+        e["node"] = self.node_id[s, j] if node is None else node
+        if parent is None:
+            pj = self.parent[s, j]
+            e["parent"] = np.where(pj >= 0, self.node_id[s, np.maximum(pj, 0)], -1)
+        else:
+            e["parent"] = parent
+        e["pos"] = self.pos[s, j]
+        e["depth"] = self.depth[s, j] if depth is None else depth
+        e["token"] = self.token[s, j] if token is None else token
+        e["n"] = 0 if n is None else n
+        e["conf"] = 0 if conf is None else conf
+        self._events.append(e)
+
+    # ------------------------------------------------------------------ transitions
+
+    def advance(self, executor: Executor, chosen: np.ndarray, rounds: np.ndarray) -> None:
+        """Every chosen node computes `rounds[s]` more layers, one per round (they are all legal
+        and none reaches an exit depth before the last of them: the caller checked)."""
+        s, j = np.nonzero(chosen)
+        m = rounds[s]
+        executor.compute(self, s, j, m)
+        self._log(ADVANCE, s, j, n=m)
+        c = self.counters
         act = np.nonzero(chosen.any(1))[0]
         c.rounds[act] += rounds[act]
         np.add.at(c.node_layers, s, m)
@@ -187,41 +326,41 @@ class Lattice:
         tok, conf = executor.read_exits(self, s, j)
         self.exit_token[s, j], self.exit_conf[s, j] = tok, conf
         self._log(EXIT, s, j, token=tok, conf=conf)
-        np.add.at(self.counters.head_evals, s, 1)
-        self.counters.head_rows += np.bincount(np.bincount(s)[np.unique(s)], minlength=self.M + 1)
+        per_seq = np.bincount(s, minlength=self.S)
+        self.counters.head_evals += per_seq
+        self.counters.head_rows += np.bincount(per_seq[per_seq > 0], minlength=self.M + 1)
         return s, j, tok, conf
 
     def expand(self, executor: Executor, s: np.ndarray, j: np.ndarray, tok: np.ndarray, buffer: int) -> None:
         """Give node (s, j) a child with token `tok`, unless a sibling already has that token or the
-        sequence already holds `buffer` live branches. Requests are served in slot order."""
-        order = np.lexsort((j, s))
-        s, j, tok = s[order], j[order], tok[order]
-        # Requests of one sequence are served one after the other, so do them in waves.
-        while len(s):
-            first = np.ones(len(s), bool)
-            first[1:] = s[1:] != s[:-1]
-            ws, wj, wt = s[first], j[first], tok[first]
-            s, j, tok = s[~first], j[~first], tok[~first]
-            dup = ((self.parent[ws] == wj[:, None]) & (self.token[ws] == wt[:, None])
-                   & (np.arange(self.M)[None, :] < self.n[ws, None])).any(1)
-            ok = ~dup & (self.n[ws] - 1 < buffer)
-            ws, wj, wt = ws[ok], wj[ok], wt[ok]
-            c = self.n[ws]
-            self.token[ws, c] = wt
-            self.pos[ws, c] = self.pos[ws, wj] + 1
-            self.depth[ws, c] = 0
-            self.parent[ws, c] = wj
-            self.node_id[ws, c] = self.next_id[ws]
-            self.next_id[ws] += 1
-            self.exit_token[ws, c] = NO_TOKEN
-            self.exit_conf[ws, c] = 0
-            self.spawn_depth[ws, c] = self.depth[ws, wj]
-            self.spawn_conf[ws, c] = self.exit_conf[ws, wj]
-            self.guessed[ws, c] = False
-            self.guessed[ws, wj] = True
-            self.n[ws] += 1
-            executor.spawned(self, ws, c)
-            self._log(SPAWN, ws, c, n=self.spawn_depth[ws, c])
+        sequence already holds `buffer` live branches. Requests are served in slot order; `s` must be
+        sorted (as np.nonzero gives it). One request per node, so new children never collide."""
+        dup = ((self.parent[s] == j[:, None]) & (self.token[s] == tok[:, None])
+               & (np.arange(self.M)[None, :] < self.n[s, None])).any(1)
+        s, j, tok = s[~dup], j[~dup], tok[~dup]
+        if len(s) == 0:
+            return
+        first = np.r_[True, s[1:] != s[:-1]]
+        starts = np.flatnonzero(first)
+        rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
+        ok = self.n[s] - 1 + rank < buffer
+        s, j, tok, c = s[ok], j[ok], tok[ok], (self.n[s] + rank)[ok]
+        self.token[s, c] = tok
+        self.pos[s, c] = self.pos[s, j] + 1
+        self.depth[s, c] = 0
+        self.parent[s, c] = j
+        self.node_id[s, c] = self.next_id[s] + rank[ok]
+        self.exit_token[s, c] = NO_TOKEN
+        self.exit_conf[s, c] = 0
+        self.spawn_depth[s, c] = self.depth[s, j]
+        self.spawn_conf[s, c] = self.exit_conf[s, j]
+        self.guessed[s, c] = False
+        self.guessed[s, j] = True
+        added = np.bincount(s, minlength=self.S)
+        self.n += added
+        self.next_id += added
+        executor.spawned(self, s, c)
+        self._log(SPAWN, s, c, n=self.spawn_depth[s, c])
 
     def commit(self, executor: Executor) -> None:
         """While an anchor sits at depth L: commit its final token, collapse to the matching child

@@ -19,9 +19,9 @@ from .errors import UserError
 from .lattice import FOREVER, Lattice
 
 
-def _legal_greedy(lat: Lattice, s: np.ndarray, eligible: np.ndarray, k: int, order=None) -> np.ndarray:
-    """Choose up to k eligible nodes per sequence, in `order` (default: slot order, i.e. anchor first,
-    then oldest first), each only if the dependency rule allows it given the choices before it:
+def _legal_greedy(lat: Lattice, s: np.ndarray, eligible: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
+    """Choose up to k eligible nodes per sequence in `order` (a permutation of slots per row), each
+    only if the dependency rule allows it given the choices before it:
     the parent is deeper, or at the same depth and chosen too. Because a child is never deeper than
     its parent, checking the parent is checking every ancestor."""
     A, M = eligible.shape
@@ -30,18 +30,27 @@ def _legal_greedy(lat: Lattice, s: np.ndarray, eligible: np.ndarray, k: int, ord
     chosen = np.zeros((A, M), bool)
     count = np.zeros(A, np.int64)
     for i in range(int(lat.n[s].max())):
-        j = i if order is None else order[:, i]
+        j = order[:, i]
         d, p = depth[rows, j], parent[rows, j]
         pp = np.maximum(p, 0)
         pd = depth[rows, pp]
         ok = eligible[rows, j] & (count < k) & ((p < 0) | (pd > d) | ((pd == d) & chosen[rows, pp]))
-        chosen[rows[ok], np.broadcast_to(j, (A,))[ok]] = True
+        chosen[rows[ok], j[ok]] = True
         count += ok
     return chosen
 
 
 def _movable(lat: Lattice, s: np.ndarray) -> np.ndarray:
+    """Nodes that may compute their next layer this round if enough explorers are free. A child is
+    never deeper than its parent, and one at its parent's depth may move along with it, so that is
+    every live node short of L; a cap must then keep each such child with its parent."""
     return lat.live()[s] & (lat.depth[s] < lat.L)
+
+
+def _first_k(mask: np.ndarray, k: int) -> np.ndarray:
+    """The first k set slots of each row. Parents sit before children, so a kept child's parent
+    (if it has to move along) is kept too."""
+    return mask & (np.cumsum(mask, axis=1) <= k)
 
 
 def _hold_if_everyone(chosen: np.ndarray, candidates: np.ndarray) -> np.ndarray:
@@ -56,7 +65,7 @@ def _lowest_layer_first(lat: Lattice, s: np.ndarray, k: int):
     d = np.where(cand, lat.depth[s], FOREVER)
     dmin = d.min(1, keepdims=True)
     at_min = cand & (d == dmin)
-    chosen = _legal_greedy(lat, s, at_min, k)
+    chosen = _first_k(at_min, k)
     rest = np.where(cand & ~chosen, d, lat.L).min(1)
     hold = np.where((chosen == at_min).all(1), rest - dmin[:, 0], 1)
     return chosen, np.maximum(hold, 1)
@@ -175,12 +184,13 @@ class DEX:
         if self.priority == "align":
             return _lowest_layer_first(lat, s, self.explorers)
         cand = _movable(lat, s)
-        order = None
-        if self.priority != "eager":
+        if self.priority == "eager":
+            chosen = _first_k(cand, self.explorers)
+        else:
             key = lat.spawn_depth[s] if self.priority == "deep" else lat.spawn_conf[s]
             key = np.where(np.arange(lat.M) == 0, np.inf, key.astype(float))
             order = np.argsort(-key, axis=1, kind="stable")
-        chosen = _legal_greedy(lat, s, cand, self.explorers, order)
+            chosen = _legal_greedy(lat, s, cand, self.explorers, order)
         return chosen, _hold_if_everyone(chosen, cand)
 
     def wants(self, lat, s, j, tok, conf):
