@@ -181,142 +181,6 @@ class Lattice:
         self.depth[s, j] += m
         self.round += np.where(act, rounds - 1, 0)  # what follows happens in the last of these rounds
 
-    def read_exits(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exit tokens and their confidences of nodes (seq, slot) at their current depth."""
-
-    def spawned(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> None:
-        """Nodes were just created in these slots (fields set, depth 0); set up their state (`tag`)."""
-
-
-@dataclass
-class Counters:
-    """Per-sequence counters of one run ([S] arrays), plus histograms the cost model prices."""
-
-    tokens: np.ndarray
-    rounds: np.ndarray
-    node_layers: np.ndarray
-    head_evals: np.ndarray
-    weight_loads: np.ndarray
-    wasted_node_layers: np.ndarray
-    fallbacks: np.ndarray
-    load_rows: np.ndarray = field(default=None)  # [M+1]: weight loads shared by r node-layers
-    head_rows: np.ndarray = field(default=None)  # [M+1]: rounds that read r exit heads
-    context_sum: int = 0  # sum over node-layers of the row's context length (KV positions read)
-
-    @classmethod
-    def zeros(cls, n_seqs: int, capacity: int) -> "Counters":
-        z = lambda: np.zeros(n_seqs, np.int64)  # noqa: E731
-        return cls(z(), z(), z(), z(), z(), z(), z(),
-                   np.zeros(capacity + 1, np.int64), np.zeros(capacity + 1, np.int64), 0)
-
-    def totals(self) -> dict:
-        names = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
-        return {k: int(getattr(self, k).sum()) for k in names}
-
-
-class Lattice:
-    """The state of S lattices, one per sequence, and the transitions of DESIGN.md section 3."""
-
-    def __init__(self, *, L: int, exits: np.ndarray, capacity: int, root_tokens, root_pos, max_tokens,
-                 eos: int | None = None, record_events: bool = False):
-        S, M = len(root_tokens), capacity
-        self.L, self.S, self.M, self.eos = L, S, M, eos
-        self.is_exit = np.zeros(L + 1, bool)
-        self.is_exit[np.asarray(exits)] = True
-        # next_exit[d]: the first exit depth above d, for jumps.
-        self.next_exit = np.array([d + 1 + np.argmax(self.is_exit[d + 1:]) for d in range(L)] + [L])
-        # prev_exit[d]: the exit depth below d a node read last (0: none), for off-path replay.
-        self.prev_exit = np.array([max([e for e in range(1, d) if self.is_exit[e]], default=0) for d in range(L + 1)])
-
-        shape = (S, M)
-        self.n = np.ones(S, np.int64)  # live nodes per sequence, in slots [0, n)
-        self.token = np.full(shape, NO_TOKEN, np.int64)  # the node's own token
-        self.pos = np.zeros(shape, np.int64)  # position of that token in the sequence
-        self.depth = np.zeros(shape, np.int64)  # layers computed, 0..L
-        self.parent = np.full(shape, -1, np.int64)  # parent slot, -1 for the anchor
-        self.node_id = np.zeros(shape, np.int64)  # unique per sequence, never reused
-        self.exit_token = np.full(shape, NO_TOKEN, np.int64)  # last exit token read
-        self.exit_conf = np.zeros(shape, np.float32)  # its confidence
-        self.spawn_depth = np.zeros(shape, np.int64)  # parent's depth when this node was spawned
-        self.spawn_conf = np.zeros(shape, np.float32)  # parent's exit confidence then
-        self.guessed = np.zeros(shape, bool)  # has expanded at least once (one-guess policies)
-        self.tag = np.zeros(shape, np.int64)  # the executor's own per-node state (moves with the node)
-
-        self.token[:, 0] = root_tokens
-        self.pos[:, 0] = root_pos
-        self.next_id = np.ones(S, np.int64)
-        self.round = np.zeros(S, np.int64)  # the current round of each sequence, from 0
-        self.max_tokens = np.asarray(max_tokens, np.int64)
-        self.active = self.max_tokens > 0
-        self.output = np.full((S, int(self.max_tokens.max(initial=0))), NO_TOKEN, np.int64)
-        self.counters = Counters.zeros(S, M)
-        self.record_events = record_events
-        self._events: list[np.ndarray] = []
-        self._log(SPAWN, np.arange(S), np.zeros(S, np.int64))
-
-    # ------------------------------------------------------------------ queries
-
-    def live(self) -> np.ndarray:
-        """[S, M] mask of live node slots."""
-        return np.arange(self.M)[None, :] < self.n[:, None]
-
-    def branches(self) -> np.ndarray:
-        """Live branches (nodes below the anchor) per sequence."""
-        return self.n - 1
-
-    def events(self) -> np.ndarray:
-        """The event log so far, a structured array of EVENT_DTYPE, in the order things happened."""
-        return np.concatenate(self._events) if self._events else np.zeros(0, EVENT_DTYPE)
-
-    def tree(self, s: int) -> list[dict]:
-        """The live lattice of sequence s as plain records (for tests, viz and debugging)."""
-        par = self.parent[s]
-        return [dict(node=int(self.node_id[s, j]), parent=int(self.node_id[s, par[j]]) if par[j] >= 0 else -1,
-                     token=int(self.token[s, j]), pos=int(self.pos[s, j]), depth=int(self.depth[s, j]))
-                for j in range(self.n[s])]
-
-    # ------------------------------------------------------------------ event log
-
-    def _log(self, kind, s, j, *, token=None, n=None, depth=None, conf=None, node=None, parent=None):
-        if not self.record_events or len(s) == 0:
-            return
-        e = np.zeros(len(s), EVENT_DTYPE)
-        e["kind"], e["seq"], e["round"] = kind, s, self.round[s]
-        e["node"] = self.node_id[s, j] if node is None else node
-        if parent is None:
-            pj = self.parent[s, j]
-            e["parent"] = np.where(pj >= 0, self.node_id[s, np.maximum(pj, 0)], -1)
-        else:
-            e["parent"] = parent
-        e["pos"] = self.pos[s, j]
-        e["depth"] = self.depth[s, j] if depth is None else depth
-        e["token"] = self.token[s, j] if token is None else token
-        e["n"] = 0 if n is None else n
-        e["conf"] = 0 if conf is None else conf
-        self._events.append(e)
-
-    # ------------------------------------------------------------------ transitions
-
-    def advance(self, executor: Executor, chosen: np.ndarray, rounds: np.ndarray) -> None:
-        """Every chosen node computes `rounds[s]` more layers, one per round (they are all legal
-        and none reaches an exit depth before the last of them: the caller checked)."""
-        s, j = np.nonzero(chosen)
-        m = rounds[s]
-        executor.compute(self, s, j, m)
-        self._log(ADVANCE, s, j, n=m)
-        c = self.counters
-        act = np.nonzero(chosen.any(1))[0]
-        c.rounds[act] += rounds[act]
-        np.add.at(c.node_layers, s, m)
-        c.context_sum += int(((self.pos[s, j] + 1) * m).sum())
-        # One weight load per distinct (sequence, layer) in a round; its rows share it.
-        key = s * (self.L + 1) + self.depth[s, j]
-        groups, first, rows = np.unique(key, return_index=True, return_counts=True)
-        np.add.at(c.weight_loads, s[first], m[first])
-        c.load_rows += np.bincount(rows, weights=m[first], minlength=self.M + 1).astype(np.int64)
-        self.depth[s, j] += m
-        self.round[act] += rounds[act] - 1  # what follows happens in the last of these rounds
-
     def read_exits(self, executor: Executor, chosen: np.ndarray):
         """Exit tokens of the chosen nodes that now sit at an exit depth. Returns (s, j, tok, conf)."""
         at_exit = chosen & self.is_exit[self.depth]
@@ -331,19 +195,24 @@ class Lattice:
         self.counters.head_rows += np.bincount(per_seq[per_seq > 0], minlength=self.M + 1)
         return s, j, tok, conf
 
-    def expand(self, executor: Executor, s: np.ndarray, j: np.ndarray, tok: np.ndarray, buffer: int) -> None:
+    def expand(self, executor: Executor, s: np.ndarray, j: np.ndarray, tok: np.ndarray, buffer: int,
+               evict: bool = False) -> None:
         """Give node (s, j) a child with token `tok`, unless a sibling already has that token or the
-        sequence already holds `buffer` live branches. Requests are served in slot order; `s` must be
-        sorted (as np.nonzero gives it). One request per node, so new children never collide."""
+        sequence already holds `buffer` live branches. With `evict`, a full buffer makes room by
+        discarding the leaf branch spawned at the shallowest depth, if that is shallower than the new
+        guess (a deeper exit is likelier right). Requests are served in slot order; `s` must be sorted
+        (as np.nonzero gives it). One request per node, so new children never collide."""
         dup = ((self.parent[s] == j[:, None]) & (self.token[s] == tok[:, None])
                & (np.arange(self.M)[None, :] < self.n[s, None])).any(1)
         s, j, tok = s[~dup], j[~dup], tok[~dup]
         if len(s) == 0:
             return
-        first = np.r_[True, s[1:] != s[:-1]]
-        starts = np.flatnonzero(first)
-        rank = np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
-        ok = self.n[s] - 1 + rank < buffer
+        ok = self.n[s] - 1 + _rank_within(s) < buffer
+        if evict and not ok.all():
+            j, ok = self._make_room(s, j, ok)
+            s, j, tok = s[ok], j[ok], tok[ok]
+            ok = np.ones(len(s), bool)
+        rank = _rank_within(s)
         s, j, tok, c = s[ok], j[ok], tok[ok], (self.n[s] + rank)[ok]
         self.token[s, c] = tok
         self.pos[s, c] = self.pos[s, j] + 1
@@ -361,6 +230,40 @@ class Lattice:
         self.next_id += added
         executor.spawned(self, s, c)
         self._log(SPAWN, s, c, n=self.spawn_depth[s, c])
+
+    def _make_room(self, s, j, fits):
+        """For each request that does not fit, evict one leaf branch (not a requester), the one
+        spawned at the shallowest depth, if it is shallower than the requester's depth now. Serves
+        the first waiting request of every sequence at once. Returns the requests' parent slots
+        (re-indexed by the evictions) and which requests can be served."""
+        served, waiting = fits.copy(), ~fits
+        slots = np.arange(self.M)[None, :]
+        while waiting.any():
+            idx = np.flatnonzero(waiting)
+            idx = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]
+            ws, wj = s[idx], j[idx]
+            rows = np.arange(len(ws))
+            live = slots < self.n[ws, None]
+            blocked = np.zeros((len(ws), self.M + 1), bool)  # parents and requesters are not leaves
+            blocked[rows[:, None], np.where(live & (slots > 0), self.parent[ws], self.M)] = True
+            r = np.minimum(np.searchsorted(ws, s), len(ws) - 1)
+            mine = ws[r] == s
+            blocked[r[mine], j[mine]] = True
+            key = np.where(live & ~blocked[:, : self.M] & (slots > 0), self.spawn_depth[ws], FOREVER)
+            victim = key.argmin(1)
+            can = key[rows, victim] < self.depth[ws, wj]
+            waiting[idx] = False
+            served[idx[can]] = True
+            es, ev = ws[can], victim[can]
+            if len(es):
+                keep = live[can]
+                keep[np.arange(len(es)), ev] = False
+                self._discard(es, live[can] & ~keep)
+                self._compact(es, keep)
+                vict = np.full(self.S, self.M)
+                vict[es] = ev
+                j = j - (j > vict[s])
+        return j, served
 
     def commit(self, executor: Executor) -> None:
         """While an anchor sits at depth L: commit its final token, collapse to the matching child
@@ -448,6 +351,12 @@ class Lattice:
 FOREVER = np.iinfo(np.int64).max // 4
 
 
+def _rank_within(s: np.ndarray) -> np.ndarray:
+    """For sorted sequence indices s, each entry's rank among the entries of its sequence."""
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
+
+
 def run(lat: Lattice, policy, executor: Executor) -> Lattice:
     """Run rounds until every sequence has stopped."""
     start(lat, executor)
@@ -483,6 +392,6 @@ def step(lat: Lattice, policy, executor: Executor) -> None:
     lat.advance(executor, chosen, rounds)
     es, ej, tok, conf = lat.read_exits(executor, chosen)
     want = policy.wants(lat, es, ej, tok, conf)
-    lat.expand(executor, es[want], ej[want], tok[want], policy.buffer)
+    lat.expand(executor, es[want], ej[want], tok[want], policy.buffer, getattr(policy, "evict", False))
     lat.commit(executor)
     lat.round[s] += 1

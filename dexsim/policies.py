@@ -157,7 +157,9 @@ PRIORITIES = ("eager", "align", "deep", "confident")
 @dataclass
 class DEX:
     """Depth exploration: expand at every exit depth whose token is new among the node's children,
-    keep at most `buffer` live branches, advance up to k explorers a round, by a priority rule:
+    keep at most `buffer` live branches (when full, with `evict`, a new guess replaces the leaf
+    branch spawned at the shallowest depth, if that is shallower), advance up to k explorers a
+    round, by a priority rule:
 
     - eager: every node that can move, anchor first, then oldest first;
     - align: the lowest pending layer first, all nodes at it together (shared weight loads);
@@ -170,6 +172,7 @@ class DEX:
     explorers: int
     buffer: int
     priority: str = "eager"
+    evict: bool = True
     name = "dex"
 
     def __post_init__(self):

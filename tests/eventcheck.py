@@ -22,7 +22,7 @@ def check_event_log(events: np.ndarray, lat) -> None:
         if e["kind"] == SPAWN:
             p = int(e["parent"])
             parent[s, v], token[s, v] = p, int(e["token"])
-            assert int(e["token"]) not in children[s, p] or p < 0, f"siblings share token {e['token']}"
+            assert int(e["token"]) not in children[s, p] or p < 0, f"live siblings share token {e['token']}"
             children[s, p].add(int(e["token"]))
         elif e["kind"] == ADVANCE:
             d0, n, r = int(e["depth"]), int(e["n"]), int(e["round"])
@@ -44,6 +44,7 @@ def check_event_log(events: np.ndarray, lat) -> None:
         elif e["kind"] == DISCARD:
             waste[s] += int(e["depth"])
             gone.add((s, v))
+            children[s, parent[s, v]].discard(token[s, v])  # live siblings must differ, not all-time ones
     c = lat.counters
     assert (node_layers == c.node_layers).all()
     assert (exits == c.head_evals).all()
