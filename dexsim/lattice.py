@@ -234,16 +234,17 @@ class Lattice:
     def _make_room(self, s, j, fits):
         """For each request that does not fit, evict one leaf branch (not a requester), the one
         spawned at the shallowest depth, if it is shallower than the requester's depth now. Serves
-        the first waiting request of every sequence at once. Returns the requests' parent slots
-        (re-indexed by the evictions) and which requests can be served."""
+        the first waiting request of every sequence at once, then compacts once. Returns the
+        requests' parent slots (re-indexed by the evictions) and which of them can be served."""
         served, waiting = fits.copy(), ~fits
         slots = np.arange(self.M)[None, :]
+        gone = np.zeros((self.S, self.M), bool)
         while waiting.any():
             idx = np.flatnonzero(waiting)
             idx = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]
             ws, wj = s[idx], j[idx]
             rows = np.arange(len(ws))
-            live = slots < self.n[ws, None]
+            live = (slots < self.n[ws, None]) & ~gone[ws]
             blocked = np.zeros((len(ws), self.M + 1), bool)  # parents and requesters are not leaves
             blocked[rows[:, None], np.where(live & (slots > 0), self.parent[ws], self.M)] = True
             r = np.minimum(np.searchsorted(ws, s), len(ws) - 1)
@@ -254,15 +255,15 @@ class Lattice:
             can = key[rows, victim] < self.depth[ws, wj]
             waiting[idx] = False
             served[idx[can]] = True
-            es, ev = ws[can], victim[can]
-            if len(es):
-                keep = live[can]
-                keep[np.arange(len(es)), ev] = False
-                self._discard(es, live[can] & ~keep)
-                self._compact(es, keep)
-                vict = np.full(self.S, self.M)
-                vict[es] = ev
-                j = j - (j > vict[s])
+            gone[ws[can], victim[can]] = True
+        es = np.flatnonzero(gone.any(1))
+        if len(es):
+            keep = (slots < self.n[es, None]) & ~gone[es]
+            newidx = np.zeros((self.S, self.M), np.int64)
+            newidx[es] = np.cumsum(keep, axis=1) - 1
+            self._discard(es, gone[es])
+            self._compact(es, keep)
+            j = np.where(gone[s].any(1), newidx[s, j], j)
         return j, served
 
     def commit(self, executor: Executor) -> None:
