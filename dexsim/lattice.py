@@ -48,6 +48,10 @@ class Executor(Protocol):
     def spawned(self, lat: "Lattice", seqs: np.ndarray, slots: np.ndarray) -> None:
         """Nodes were just created in these slots (fields set, depth 0); set up their state (`tag`)."""
 
+    # Optional: an executor that keeps per-node state (KV caches) may also define
+    #   committed(lat, seqs, node_ids): these anchors' tokens were just committed (all L layers done);
+    #   discarded(lat, seqs, node_ids): these nodes are gone (collapse, eviction or stop).
+
 
 @dataclass
 class Counters:
@@ -113,6 +117,7 @@ class Lattice:
         self.counters = Counters.zeros(S, M)
         self.record_events = record_events
         self._events: list[np.ndarray] = []
+        self._on_commit = self._on_discard = None  # the executor's optional hooks, set by start()
         self._log(SPAWN, np.arange(S), np.zeros(S, np.int64))
 
     # ------------------------------------------------------------------ queries
@@ -277,6 +282,8 @@ class Lattice:
             y = self.exit_token[s, 0]
             self._log(COMMIT, s, np.zeros(len(s), np.int64), token=y)
             self.output[s, c.tokens[s]] = y
+            if self._on_commit is not None:
+                self._on_commit(self, s, self.node_id[s, 0])
             c.tokens[s] += 1
             live = np.arange(self.M)[None, :] < self.n[s, None]
             match = (self.parent[s] == 0) & (self.token[s] == y[:, None]) & live
@@ -316,9 +323,10 @@ class Lattice:
 
     def _discard(self, s: np.ndarray, mask: np.ndarray) -> None:
         self.counters.wasted_node_layers[s] += (self.depth[s] * mask).sum(1)
-        if self.record_events:
-            rs, rj = np.nonzero(mask)
-            self._log(DISCARD, s[rs], rj)
+        rs, rj = np.nonzero(mask)
+        self._log(DISCARD, s[rs], rj)
+        if self._on_discard is not None and len(rs):
+            self._on_discard(self, s[rs], self.node_id[s[rs], rj])
 
     def _compact(self, s: np.ndarray, keep: np.ndarray) -> None:
         """Move the kept slots of sequences s to the front, in order; the first becomes the anchor."""
@@ -369,6 +377,8 @@ def run(lat: Lattice, policy, executor: Executor) -> Lattice:
 def start(lat: Lattice, executor: Executor) -> None:
     if lat.round.any():
         raise ValueError("a run starts from a fresh lattice")
+    lat._on_commit = getattr(executor, "committed", None)
+    lat._on_discard = getattr(executor, "discarded", None)
     executor.spawned(lat, np.arange(lat.S), np.zeros(lat.S, np.int64))  # the roots
 
 
