@@ -6,6 +6,10 @@ section 5): its exit token changes between consecutive exit depths at the rate t
 in the same trace at those depths (so duplicate guesses merge as often as in a real engine), and its
 confidence is drawn, seeded, from the trace's own confidences at that depth. Its tokens are fresh ids
 at or above the vocabulary size, so they never match anything the true path holds.
+
+With `--gpu` a replay is also priced (dexsim/pricing.py): simulated seconds, tokens/s and the speedup
+over `ar` on the same trace and hardware. With `--model` naming another model than the trace's, the
+trace's exit depths are mapped onto that model by relative depth (`rescale_depths`).
 """
 from __future__ import annotations
 
@@ -14,9 +18,11 @@ import json
 import numpy as np
 
 from . import lattice as core
+from . import pricing
+from .catalog import ModelSpec, get_model
 from .errors import UserError
 from .policies import AR, DEX, PRIORITIES, Adaptive, LayerSkip
-from .trace import Trace, load_trace
+from .trace import Trace, load_trace, trace_checksum
 
 POLICY_NAMES = ("ar", "layerskip", "adaptive", "oracle-select", "dex")
 DEFAULT_DRAFT = 4
@@ -29,8 +35,14 @@ class ReplayExecutor:
 
     can_jump = True
 
-    def __init__(self, trace: Trace, seed: int = 0):
+    def __init__(self, trace: Trace, seed: int = 0, per_layer: bool = False):
         self.trace = trace
+        # Per-layer weight loads and rows (difference arrays over layers 0..L+1), which the core's
+        # counters keep only summed over layers: pipeline pricing needs them at stage boundaries.
+        # Off by default: it costs a little on every round.
+        self.per_layer = per_layer
+        self._load_diff = np.zeros(trace.L + 2, np.int64)
+        self._rows_diff = np.zeros(trace.L + 2, np.int64)
         self.rng = np.random.default_rng(seed)
         self.col = np.full(trace.L + 1, -1, np.int64)  # exit depth -> trace column
         self.col[trace.depths] = np.arange(len(trace.depths))
@@ -51,7 +63,24 @@ class ReplayExecutor:
         return lat.pos[s, j] - self.prompt_len[s] + 1
 
     def compute(self, lat, s, j, layers):
-        pass  # a trace already holds what the computation would give
+        # a trace already holds what the computation would give; only count, if asked
+        if not self.per_layer or len(s) == 0:
+            return
+        # nodes of one sequence at one depth share a weight load at each of their next `layers` layers
+        # (the core's own grouping); all nodes of a sequence advance the same number of layers
+        d = lat.depth[s, j]
+        _, first, rows = np.unique(s * (lat.L + 1) + d, return_index=True, return_counts=True)
+        lo, hi = d[first] + 1, d[first] + layers[first] + 1  # layers lo .. hi-1
+        np.add.at(self._load_diff, lo, 1)
+        np.add.at(self._load_diff, hi, -1)
+        np.add.at(self._rows_diff, lo, rows)
+        np.add.at(self._rows_diff, hi, -rows)
+
+    def layer_counts(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+        """([L+1] weight loads, [L+1] node-layers) at each layer l (index 0 unused), if counted."""
+        if not self.per_layer:
+            return None, None
+        return np.cumsum(self._load_diff)[:-1], np.cumsum(self._rows_diff)[:-1]
 
     def spawned(self, lat, s, j):
         p = lat.parent[s, j]
@@ -107,6 +136,18 @@ def make_policy(name: str, L: int, *, exits=None, explorers: int = 4, buffer: in
 
 def replay(trace: Trace, policy, *, seed: int = 0, record_events: bool = False) -> core.Lattice:
     """Run `policy` over every sequence of `trace` at once; returns the finished lattice."""
+    return _run(trace, policy, ReplayExecutor(trace, seed), record_events)
+
+
+def replay_tally(trace: Trace, policy, *, seed: int = 0, per_layer: bool = False,
+                 record_events: bool = False) -> tuple[core.Lattice, pricing.Tally]:
+    """`replay`, plus the Tally that prices it (with per-layer counts for pipeline pricing if asked)."""
+    executor = ReplayExecutor(trace, seed, per_layer=per_layer)
+    lat = _run(trace, policy, executor, record_events)
+    return lat, pricing.tally_of(lat, *executor.layer_counts())
+
+
+def _run(trace: Trace, policy, executor: ReplayExecutor, record_events: bool) -> core.Lattice:
     bad = np.setdiff1d(policy.exits, trace.depths)
     if len(bad):
         raise UserError(f"{trace.path or 'trace'}: exit depth {int(bad[0])} is not recorded in field 'depths' "
@@ -115,7 +156,7 @@ def replay(trace: Trace, policy, *, seed: int = 0, record_events: bool = False) 
     lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
                        root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
                        max_tokens=lengths, record_events=record_events)
-    return core.run(lat, policy, ReplayExecutor(trace, seed))
+    return core.run(lat, policy, executor)
 
 
 def output_matches(trace: Trace, lat: core.Lattice) -> bool:
@@ -147,23 +188,65 @@ def _exits_str(exits) -> str:
     return ",".join(map(str, np.asarray(exits).tolist()))
 
 
-def oracle_select(trace: Trace, *, exits=None, drafts=ORACLE_DRAFTS, seed: int = 0, objective=None) -> dict:
-    """The best fixed depth in hindsight: LayerSkip at each exit depth of E (and each draft length),
-    keeping the one that minimises `objective(result)` (default: weight loads, one device's cost)."""
-    objective = objective or (lambda r: r["weight_loads"])
+def oracle_candidates(trace: Trace, *, exits=None, drafts=ORACLE_DRAFTS, seed: int = 0,
+                      per_layer: bool = False) -> list[tuple[dict, pricing.Tally]]:
+    """Every fixed-depth policy oracle-select chooses among: AR (the fixed depth L) and LayerSkip at
+    each exit depth of E below L with each draft length, each replayed once (result and Tally)."""
     exits = trace.depths if exits is None else np.asarray(exits)
-    best = None
-    for e in exits[exits < trace.L]:
-        for g in drafts:
-            policy = LayerSkip(trace.L, int(e), int(g))
-            r = result(trace, replay(trace, policy, seed=seed), policy)
-            if best is None or objective(r) < objective(best):
-                best = r
-    if best is None:  # E = {L}: nothing to select but full depth
-        policy = AR(trace.L)
-        best = result(trace, replay(trace, policy, seed=seed), policy)
-    best = {**best, "policy": "oracle-select", "oracle_policy": best["policy"]}
-    return best
+    policies = [AR(trace.L)] + [LayerSkip(trace.L, int(e), int(g)) for e in exits[exits < trace.L] for g in drafts]
+    out = []
+    for policy in policies:
+        lat, tally = replay_tally(trace, policy, seed=seed, per_layer=per_layer)
+        out.append((result(trace, lat, policy), tally))
+    return out
+
+
+def oracle_pick(candidates, objective) -> tuple[dict, pricing.Tally]:
+    """The candidate minimising `objective(result, tally)` (the first such on ties), as oracle-select."""
+    best, tally = min(candidates, key=lambda c: objective(*c))
+    return {**best, "policy": "oracle-select", "oracle_policy": best["policy"]}, tally
+
+
+def oracle_select(trace: Trace, *, exits=None, drafts=ORACLE_DRAFTS, seed: int = 0, objective=None) -> dict:
+    """The best fixed depth in hindsight: AR or LayerSkip at one exit depth of E (and one draft length),
+    whichever minimises `objective(result)` (default: weight loads, one device's cost)."""
+    objective = objective or (lambda r: r["weight_loads"])
+    cands = oracle_candidates(trace, exits=exits, drafts=drafts, seed=seed)
+    return oracle_pick(cands, lambda r, t: objective(r))[0]
+
+
+# ---------------------------------------------------------------------------- depth rescaling
+
+def rescale_depths(trace: Trace, model: ModelSpec) -> Trace:
+    """The trace mapped onto `model` by relative depth: L' = model.layers, depth d -> round(d L'/L)
+    (halves up, at least 1). Depths that land together keep the deepest original column, the best
+    information about that relative depth; L maps to L'. Final tokens are unchanged, so a replay of
+    the result is lossless exactly when one of the original is. Token ids stay the original model's,
+    so `arch.vocab` keeps the original vocabulary (the replay's off-path ids start above it); the
+    cost model prices `model` from the catalog."""
+    L, L2 = trace.L, model.layers
+    d = trace.depths.astype(np.int64)
+    mapped = np.maximum((2 * d * L2 + L) // (2 * L), 1)  # integer round-half-up of d * L2 / L
+    cols = np.nonzero(np.r_[mapped[1:] != mapped[:-1], True])[0]  # last (deepest) of each run
+    meta = {**trace.meta, "model": model.name, "arch": {**model.arch(), "vocab": trace.vocab},
+            "depth_rescaled_from": {"model": trace.meta.get("model"), "depths": d.tolist()}}
+    out = Trace(depths=mapped[cols].astype(np.int16), final=trace.final,
+                exit_tokens=np.ascontiguousarray(trace.exit_tokens[:, cols]),
+                exit_conf=np.ascontiguousarray(trace.exit_conf[:, cols]),
+                seq_offsets=trace.seq_offsets, prompt_len=trace.prompt_len, meta=meta, path=trace.path)
+    out.meta["sha256"] = trace_checksum(out)
+    return out
+
+
+def for_model(trace: Trace, model_name: str | None, flag: str = "--model") -> tuple[Trace, bool]:
+    """The trace to replay for `model_name` (None: the trace's own model) and whether it was rescaled."""
+    if model_name is None or model_name == trace.meta.get("model"):
+        return trace, False
+    try:
+        model = get_model(model_name)
+    except UserError as e:
+        raise UserError(f"{flag}: {e}") from None
+    return rescale_depths(trace, model), True
 
 
 # ---------------------------------------------------------------------------- CLI
@@ -171,7 +254,8 @@ def oracle_select(trace: Trace, *, exits=None, drafts=ORACLE_DRAFTS, seed: int =
 def add_policy_flags(p) -> None:
     p.add_argument("--policy", default="dex", help=f"one of {', '.join(POLICY_NAMES)}")
     p.add_argument("--explorers", "-k", type=int, default=4, help="dex: explorers per round")
-    p.add_argument("--exits", default="all", help="exit set E: all | every:N | d1,d2,... (L always included)")
+    p.add_argument("--exits", default="all", help="exit set E: all | every:N | d1,d2,... (L always included); "
+                   "with --model rescaling, all = every mapped depth")
     p.add_argument("--exit", type=int, default=None, help="layerskip: the fixed exit depth e (default L/2)")
     p.add_argument("--draft", type=int, default=None,
                    help=f"layerskip: draft length gamma (default {DEFAULT_DRAFT}; oracle-select: searched)")
@@ -181,27 +265,68 @@ def add_policy_flags(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the off-path exit tokens and confidences")
 
 
-def policy_from_args(args, trace: Trace):
+def add_hardware_flags(p) -> None:
+    p.add_argument("--model", default=None,
+                   help="catalog model to price (default: the trace's own); another model's depths are "
+                        "mapped by relative depth")
+    p.add_argument("--gpu", default=None, help="price the replay on this catalog GPU (`python -m dexsim gpus`)")
+    p.add_argument("--tp", type=int, default=None, help="with --gpu: tensor-parallel GPUs per stage (default 1)")
+    p.add_argument("--pp", type=int, default=None, help="with --gpu: pipeline stages (default 1)")
+    p.add_argument("--batch", type=int, default=None,
+                   help="with --gpu: sequences decoded together in lockstep (default 1)")
+
+
+def policy_from_args(args, trace: Trace, rescaled: bool = False):
     from .synth import parse_depths
 
-    exits = parse_depths(args.exits, trace.L, flag="--exits")
+    if rescaled and args.exits == "all":  # every depth the trace maps onto the model, not every layer
+        exits = trace.depths
+    else:
+        exits = parse_depths(args.exits, trace.L, flag="--exits")
     if args.policy == "oracle-select":
         return None, exits
     return make_policy(args.policy, trace.L, exits=exits, explorers=args.explorers, buffer=args.buffer,
                        priority=args.priority, exit=args.exit, draft=args.draft, threshold=args.threshold), exits
 
 
+def hardware_from_args(args, trace: Trace):
+    """(model, Hardware) to price on, or None without --gpu; bad names or configurations are UserErrors."""
+    if args.gpu is None:
+        given = [f for f in ("tp", "pp", "batch") if getattr(args, f) is not None]
+        if given:
+            raise UserError(f"--{given[0]}: needs --gpu")
+        return None
+    name = args.model or trace.meta.get("model")
+    flag = "--model" if args.model else f"{trace.path}: meta.model"
+    tp, pp, batch = (1 if v is None else v for v in (args.tp, args.pp, args.batch))
+    return pricing.hardware(name, args.gpu, tp, pp, batch, model_flag=flag)
+
+
 def cmd_replay(args) -> int:
     trace = load_trace(args.trace)
-    policy, exits = policy_from_args(args, trace)
+    trace, rescaled = for_model(trace, args.model)
+    priced_on = hardware_from_args(args, trace)
+    policy, exits = policy_from_args(args, trace, rescaled)
+    per_layer = priced_on is not None and priced_on[1].pp > 1
     if policy is None:
         drafts = ORACLE_DRAFTS if args.draft is None else (args.draft,)
-        out = oracle_select(trace, exits=exits, drafts=drafts, seed=args.seed)
+        cands = oracle_candidates(trace, exits=exits, drafts=drafts, seed=args.seed, per_layer=per_layer)
+        if priced_on is None:
+            out, tally = oracle_pick(cands, lambda r, t: r["weight_loads"])
+        else:  # the best fixed depth on this hardware: the fewest simulated seconds
+            out, tally = oracle_pick(cands, lambda r, t: pricing.price(t, *priced_on)["sim_seconds"])
     else:
-        lat = replay(trace, policy, seed=args.seed, record_events=bool(args.events))
+        lat, tally = replay_tally(trace, policy, seed=args.seed, per_layer=per_layer,
+                                  record_events=bool(args.events))
         out = result(trace, lat, policy)
         if args.events:
             save_events(args.events, lat, trace, policy)
+    out["model"], out["depth_rescaled"] = trace.meta.get("model"), rescaled
+    if priced_on is not None:
+        model, hw = priced_on
+        _, ar_tally = replay_tally(trace, AR(trace.L), seed=args.seed, per_layer=per_layer)
+        out.update(gpu=hw.gpu.name, tp=hw.tp, pp=hw.pp, batch=hw.batch,
+                   **pricing.priced_fields(tally, ar_tally, model, hw))
     if args.json:
         print(json.dumps(out))
     else:
@@ -220,9 +345,10 @@ def save_events(path: str, lat: core.Lattice, trace: Trace, policy) -> None:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("replay", help="replay a trace under a policy and print its counters")
+    p = sub.add_parser("replay", help="replay a trace under a policy and print its counters (priced with --gpu)")
     p.add_argument("--trace", required=True, help="trace file (.npz, DESIGN.md section 5)")
     add_policy_flags(p)
+    add_hardware_flags(p)
     p.add_argument("--events", default=None, help="write the event log to this .npz")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_replay)
