@@ -261,11 +261,11 @@ def _policy_rows(trace: Trace, base: Job, ax: dict, notes: list, where: str):
                                 "priority": pr},
                                [replace(base, policy=policy, exits=exits, explorers=k, buffer=ax["buffer"],
                                         priority=pr)])
-            else:  # oracle-select: its candidates, priced per configuration later
-                cands = [replace(base, policy="layerskip", exit=e, draft=g)
-                         for e in exits if e < trace.L for g in ax["drafts"]]
+            else:  # oracle-select: its candidates (AR = the fixed depth L, and LayerSkip), priced later
+                cands = [base] + [replace(base, policy="layerskip", exit=e, draft=g)
+                                  for e in exits if e < trace.L for g in ax["drafts"]]
                 drafts = ",".join(map(str, ax["drafts"]))
-                yield {"policy": policy, "exits": spec, "oracle_drafts": drafts}, cands or [base]
+                yield {"policy": policy, "exits": spec, "oracle_drafts": drafts}, cands
 
 
 def build_grid(args) -> Grid:
@@ -534,7 +534,8 @@ def describe(row: dict) -> str:
     if p == "adaptive":
         return f"adaptive E={row['exits']} tau={row['threshold']:g}"
     if p == "oracle-select":
-        return f"oracle-select E={row['exits']} (e={row['exit']} g={row['draft']})"
+        pick = "ar" if row["oracle_policy"] == "ar" else f"e={row['exit']} g={row['draft']}"
+        return f"oracle-select E={row['exits']} ({pick})"
     return f"dex k={row['explorers']} E={row['exits']} {row['priority']}"
 
 
