@@ -57,7 +57,7 @@ DEFAULTS = {
     "policies": ",".join(POLICY_NAMES),
     "explorers": "4,8",
     "exits": "every:4",
-    "priorities": "eager,align",
+    "priorities": "eager,deep",
     "thresholds": "0.9",
     "drafts": "1,2,4",
     "buffer": 8,
