@@ -237,38 +237,40 @@ class Lattice:
         self._log(SPAWN, s, c, n=self.spawn_depth[s, c])
 
     def _make_room(self, s, j, fits):
-        """For each request that does not fit, evict one leaf branch (not a requester), the one
-        spawned at the shallowest depth, if it is shallower than the requester's depth now. Serves
-        the first waiting request of every sequence at once, then compacts once. Returns the
-        requests' parent slots (re-indexed by the evictions) and which of them can be served."""
-        served, waiting = fits.copy(), ~fits
+        """Evictions for the requests that do not fit: the r-th such request of a sequence may evict
+        the r-th shallowest-spawned leaf branch (a leaf that is not itself asking for a child), if it
+        was spawned shallower than the requester's depth now. Compacts once. Returns the requests'
+        parent slots (re-indexed by the evictions) and which of them can be served."""
+        served = fits.copy()
+        idx = np.flatnonzero(~fits)
+        ws, wj = s[idx], j[idx]
+        seqs = np.unique(ws)
         slots = np.arange(self.M)[None, :]
-        gone = np.zeros((self.S, self.M), bool)
-        while waiting.any():
-            idx = np.flatnonzero(waiting)
-            idx = idx[np.r_[True, s[idx][1:] != s[idx][:-1]]]
-            ws, wj = s[idx], j[idx]
-            rows = np.arange(len(ws))
-            live = (slots < self.n[ws, None]) & ~gone[ws]
-            blocked = np.zeros((len(ws), self.M + 1), bool)  # parents and requesters are not leaves
-            blocked[rows[:, None], np.where(live & (slots > 0), self.parent[ws], self.M)] = True
-            r = np.minimum(np.searchsorted(ws, s), len(ws) - 1)
-            mine = ws[r] == s
-            blocked[r[mine], j[mine]] = True
-            key = np.where(live & ~blocked[:, : self.M] & (slots > 0), self.spawn_depth[ws], FOREVER)
-            victim = key.argmin(1)
-            can = key[rows, victim] < self.depth[ws, wj]
-            waiting[idx] = False
-            served[idx[can]] = True
-            gone[ws[can], victim[can]] = True
-        es = np.flatnonzero(gone.any(1))
-        if len(es):
-            keep = (slots < self.n[es, None]) & ~gone[es]
+        rows = np.arange(len(seqs))[:, None]
+        live = slots < self.n[seqs, None]
+        blocked = np.zeros((len(seqs), self.M + 1), bool)  # parents and requesters are not leaves
+        blocked[rows, np.where(live & (slots > 0), self.parent[seqs], self.M)] = True
+        r = np.minimum(np.searchsorted(seqs, s), len(seqs) - 1)
+        mine = seqs[r] == s
+        blocked[r[mine], j[mine]] = True
+        key = np.where(live & ~blocked[:, : self.M] & (slots > 0), self.spawn_depth[seqs], FOREVER)
+        order = np.argsort(key, axis=1, kind="stable")
+        row, nth = np.searchsorted(seqs, ws), _rank_within(ws)
+        victim = order[row, nth]
+        can = key[row, victim] < self.depth[ws, wj]
+        served[idx[can]] = True
+        gone = np.zeros((len(seqs), self.M), bool)
+        gone[row[can], victim[can]] = True
+        hit = gone.any(1)
+        if hit.any():
+            es, keep = seqs[hit], live[hit] & ~gone[hit]
             newidx = np.zeros((self.S, self.M), np.int64)
             newidx[es] = np.cumsum(keep, axis=1) - 1
-            self._discard(es, gone[es])
+            moved = np.zeros(self.S, bool)
+            moved[es] = True
+            self._discard(es, gone[hit])
             self._compact(es, keep)
-            j = np.where(gone[s].any(1), newidx[s, j], j)
+            j = np.where(moved[s], newidx[s, j], j)
         return j, served
 
     def commit(self, executor: Executor) -> None:
