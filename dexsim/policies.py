@@ -192,6 +192,7 @@ class DEX:
         else:
             key = lat.spawn_depth[s] if self.priority == "deep" else lat.spawn_conf[s]
             key = np.where(np.arange(lat.M) == 0, np.inf, key.astype(float))
+            key[~lat.live()[s]] = -np.inf  # dead slots hold stale keys: last, never in the first n
             order = np.argsort(-key, axis=1, kind="stable")
             chosen = _legal_greedy(lat, s, cand, self.explorers, order)
         return chosen, _hold_if_everyone(chosen, cand)

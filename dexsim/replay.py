@@ -43,13 +43,12 @@ class ReplayExecutor:
         self.per_layer = per_layer
         self._load_diff = np.zeros(trace.L + 2, np.int64)
         self._rows_diff = np.zeros(trace.L + 2, np.int64)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.col = np.full(trace.L + 1, -1, np.int64)  # exit depth -> trace column
         self.col[trace.depths] = np.arange(len(trace.depths))
         self.offset = trace.seq_offsets[:-1].astype(np.int64)
         self.length = np.diff(trace.seq_offsets).astype(np.int64)
         self.prompt_len = trace.prompt_len.astype(np.int64)
-        self.next_fresh = int(trace.vocab)
         # log P(the true path's token at column c is none of the earlier columns'), cumulated.
         et = trace.exit_tokens
         log_stay = np.zeros(et.shape[1])
@@ -110,13 +109,33 @@ class ReplayExecutor:
         prev_d = lat.prev_exit[lat.depth[s, j]]
         prev_c = np.where(prev_d > 0, self.col[prev_d], -1)
         stay = np.exp(self.cum_log_stay[c + 1] - self.cum_log_stay[prev_c + 1])
-        new = (prev == core.NO_TOKEN) | (self.rng.random(len(s)) >= stay)
-        tok = prev.copy()
-        tok[new] = self.next_fresh + np.arange(new.sum())
-        self.next_fresh += int(new.sum())
-        rows = self.rng.integers(0, len(self.trace.exit_conf), len(s))
+        # Draws keyed by (seed, sequence, node, depth), not by call order: a replay must not depend on
+        # how rounds are batched, jumped or scheduled.
+        d = lat.depth[s, j]
+        h = _hash(self.seed, s, lat.node_id[s, j], d)
+        new = (prev == core.NO_TOKEN) | (_uniform(h, 1) >= stay)
+        tok = np.where(new, self.trace.vocab + lat.node_id[s, j] * (lat.L + 1) + d, prev)  # unique per node, depth
+        rows = (_uniform(h, 2) * len(self.trace.exit_conf)).astype(np.int64)
         return tok, self.trace.exit_conf[rows, c].astype(np.float32)
 
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-spread 64-bit hash (uint64 arithmetic wraps by design)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash(seed: int, *keys: np.ndarray) -> np.ndarray:
+    h = _mix(np.full(len(keys[0]), seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    for k in keys:
+        h = _mix(h ^ np.asarray(k).astype(np.uint64))
+    return h
+
+
+def _uniform(h: np.ndarray, stream: int) -> np.ndarray:
+    """A uniform in [0, 1) from a hash, one independent stream per `stream`."""
+    return (_mix(h ^ np.uint64(stream)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def make_policy(name: str, L: int, *, exits=None, explorers: int = 4, buffer: int = 8, priority: str = "eager",

@@ -53,6 +53,26 @@ def test_invariants_hold_after_every_round(tp):
             assert n - 1 <= policy.buffer
 
 
+class _Stepping(ReplayExecutor):
+    can_jump = False
+
+
+@given(trace_and_policy(), st.integers(0, 3))
+def test_jumps_are_exact(tp, seed):
+    """Taking several rounds in one step changes nothing but speed: same counters, same tokens."""
+    trace, policy = tp
+    lengths = np.diff(trace.seq_offsets)
+    runs = []
+    for executor in (ReplayExecutor(trace, seed), _Stepping(trace, seed)):
+        lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
+                           root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                           max_tokens=lengths)
+        runs.append(core.run(lat, policy, executor))
+    a, b = runs
+    assert a.counters.totals() == b.counters.totals()
+    assert (a.counters.load_rows == b.counters.load_rows).all() and (a.output == b.output).all()
+
+
 @given(traces())
 def test_ar_costs_L_rounds_per_token(trace):
     lat = replay(trace, AR(trace.L))
