@@ -1,0 +1,41 @@
+"""`python -m viz`: lattice animations and plots, one subcommand per module (`animate`, `sweep`, `trace`).
+
+As in `python -m dexsim`: a user error (bad file, field, flag or output path) ends the command with one
+line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from dexsim.errors import UserError
+
+# Each module here has `register(subparsers)`, which adds its subcommand with a `func(args)`.
+COMMAND_MODULES = ["animate", "plots", "traceplot"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m viz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"viz.{name}").register(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0
