@@ -185,3 +185,23 @@ def test_off_path_tokens_change_at_the_true_paths_rate():
     true_rate = np.mean([(et[:, c, None] != et[:, :c]).all(1).mean() for c in range(1, et.shape[1])])
     assert len(changes) > 50
     assert 0.7 < np.mean(changes) / true_rate < 1.4
+
+
+def test_a_deeper_node_with_the_committed_token_is_not_the_new_anchor():
+    """Pinned: a wrong child's own child may guess the very token that gets committed (a real model's
+    wrong branches guess real tokens); collapse must still look at the anchor's children only."""
+
+    class GuessesOne(ReplayExecutor):
+        def _off_path(self, lat, s, j, c):
+            return np.ones(len(s), np.int64), np.full(len(s), 0.5, np.float32)
+
+    # L = 2, E = {1, 2}: the anchor guesses 0 at depth 1 (wrong), that child guesses 1 = the final token
+    trace = tiny_trace([1, 1, 1], [[0, 1]] * 3, [1, 2], [3], [3], vocab=2)
+    lat = core.Lattice(L=2, exits=np.array([1, 2]), capacity=4, root_tokens=[-1], root_pos=[2], max_tokens=[3],
+                       record_events=True)
+    core.run(lat, DEX(2, np.array([1, 2]), 4, 3), GuessesOne(trace))
+    ev = lat.events()
+    grandchild = ev[(ev["kind"] == core.SPAWN) & (ev["pos"] == 4) & (ev["parent"] == 1)]
+    assert len(grandchild) == 1 and grandchild["token"][0] == 1  # the scenario happened
+    assert lat.counters.fallbacks[0] == 3 and (lat.output[0] == [1, 1, 1]).all()
+    check_event_log(ev, lat)
