@@ -29,7 +29,7 @@ def small(tmp_path_factory):
                                    ["--policy", "layerskip", "--exit", "12", "--draft", "3"],
                                    ["--policy", "adaptive", "--threshold", "0.7"],
                                    ["--policy", "oracle-select", "--exits", "10,20", "--draft", "2"],
-                                   ["--policy", "dex", "--priority", "align"]])
+                                   ["--policy", "dex", "--priority", "align", "--exits", "every:6"]])
 def test_replay_json_is_lossless(small, flags, capsys):
     assert main(["replay", "--trace", small, "--json", *flags]) == 0
     out = json.loads(capsys.readouterr().out)
