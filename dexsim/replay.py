@@ -10,6 +10,10 @@ at or above the vocabulary size, so they never match anything the true path hold
 With `--gpu` a replay is also priced (dexsim/pricing.py): simulated seconds, tokens/s and the speedup
 over `ar` on the same trace and hardware. With `--model` naming another model than the trace's, the
 trace's exit depths are mapped onto that model by relative depth (`rescale_depths`).
+
+With `--scheduler des` the same replay is timed by the discrete-event simulator instead (dexsim/des.py:
+pipeline stages running asynchronously, serving load with `--requests`/`--arrival`, per-token latency
+percentiles, per-stage utilization, `--trace-out` Chrome trace); tokens and counters are unchanged.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ POLICY_NAMES = ("ar", "layerskip", "adaptive", "oracle-select", "dex")
 DEFAULT_DRAFT = 4
 ORACLE_DRAFTS = (1, 2, 3, 4, 6, 8)
 ON_PATH = 1
+SCHEDULERS = ("lockstep", "des")
 
 
 class ReplayExecutor:
@@ -211,13 +216,17 @@ def oracle_candidates(trace: Trace, *, exits=None, drafts=ORACLE_DRAFTS, seed: i
                       per_layer: bool = False) -> list[tuple[dict, pricing.Tally]]:
     """Every fixed-depth policy oracle-select chooses among: AR (the fixed depth L) and LayerSkip at
     each exit depth of E below L with each draft length, each replayed once (result and Tally)."""
-    exits = trace.depths if exits is None else np.asarray(exits)
-    policies = [AR(trace.L)] + [LayerSkip(trace.L, int(e), int(g)) for e in exits[exits < trace.L] for g in drafts]
     out = []
-    for policy in policies:
+    for policy in oracle_policies(trace, exits, drafts):
         lat, tally = replay_tally(trace, policy, seed=seed, per_layer=per_layer)
         out.append((result(trace, lat, policy), tally))
     return out
+
+
+def oracle_policies(trace: Trace, exits=None, drafts=ORACLE_DRAFTS) -> list:
+    """AR (the fixed depth L) and LayerSkip at each exit depth of E below L with each draft length."""
+    exits = trace.depths if exits is None else np.asarray(exits)
+    return [AR(trace.L)] + [LayerSkip(trace.L, int(e), int(g)) for e in exits[exits < trace.L] for g in drafts]
 
 
 def oracle_pick(candidates, objective) -> tuple[dict, pricing.Tally]:
@@ -292,7 +301,32 @@ def add_hardware_flags(p) -> None:
     p.add_argument("--tp", type=int, default=None, help="with --gpu: tensor-parallel GPUs per stage (default 1)")
     p.add_argument("--pp", type=int, default=None, help="with --gpu: pipeline stages (default 1)")
     p.add_argument("--batch", type=int, default=None,
-                   help="with --gpu: sequences decoded together in lockstep (default 1)")
+                   help="with --gpu: sequences decoded together in lockstep (default 1); under --scheduler des, "
+                        "the most requests in flight")
+
+
+def add_scheduler_flags(p) -> None:
+    p.add_argument("--scheduler", default="lockstep", choices=SCHEDULERS,
+                   help="lockstep: one device, rounds priced in closed form; des: discrete-event simulation of "
+                        "pipeline stages and serving load (dexsim/des.py; needs --gpu)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="des: requests to decode (request i decodes trace sequence i mod S; default: each sequence once)")
+    p.add_argument("--arrival", default=None,
+                   help="des: closed[:CLIENTS] (default closed:BATCH) or poisson:QPS (seeded by --seed); "
+                        "--batch is then the most requests in flight")
+    p.add_argument("--micro-batch", type=int, default=None,
+                   help="des: most requests in one device step (default: every ready one; ceil(batch/pp) "
+                        "splits a batch across pipeline stages GPipe-style)")
+    p.add_argument("--trace-out", default=None, help="des: write device activity as Chrome/Perfetto trace JSON")
+
+
+def _check_scheduler_flags(args, priced_on) -> None:
+    if args.scheduler != "des":
+        given = [f for f in ("requests", "arrival", "micro_batch", "trace_out") if getattr(args, f) is not None]
+        if given:
+            raise UserError(f"--{given[0].replace('_', '-')}: needs --scheduler des")
+    elif priced_on is None:
+        raise UserError("--scheduler des: needs --gpu")
 
 
 def policy_from_args(args, trace: Trace, rescaled: bool = False):
@@ -326,6 +360,9 @@ def cmd_replay(args) -> int:
     trace, rescaled = for_model(trace, args.model)
     priced_on = hardware_from_args(args, trace)
     policy, exits = policy_from_args(args, trace, rescaled)
+    _check_scheduler_flags(args, priced_on)
+    if args.scheduler == "des":
+        return _print(args, replay_des(args, trace, rescaled, priced_on, policy, exits))
     per_layer = priced_on is not None and priced_on[1].pp > 1
     if policy is None:
         drafts = ORACLE_DRAFTS if args.draft is None else (args.draft,)
@@ -346,12 +383,56 @@ def cmd_replay(args) -> int:
         _, ar_tally = replay_tally(trace, AR(trace.L), seed=args.seed, per_layer=per_layer)
         out.update(gpu=hw.gpu.name, tp=hw.tp, pp=hw.pp, batch=hw.batch,
                    **pricing.priced_fields(tally, ar_tally, model, hw))
+    return _print(args, out)
+
+
+def _print(args, out: dict) -> int:
     if args.json:
         print(json.dumps(out))
     else:
         for k, v in out.items():
             print(f"{k:>22}: {v}")
     return 0
+
+
+def replay_des(args, trace: Trace, rescaled: bool, priced_on, policy, exits) -> dict:
+    """`replay --scheduler des`: the same replay, its work timed by the discrete-event simulator. The
+    lattice counters are those of the simulated requests (each counts its sequence's)."""
+    from . import des
+    from .des_record import record
+
+    model, hw = priced_on
+    load = des.parse_load(args.arrival, args.requests, hw.batch, args.seed, micro_batch=args.micro_batch)
+    pps = (hw.pp,)
+    want = bool(args.trace_out)
+    if policy is None:  # oracle-select: the candidate with the fewest simulated seconds
+        drafts = ORACLE_DRAFTS if args.draft is None else (args.draft,)
+        best = None
+        for cand in oracle_policies(trace, exits, drafts):
+            lat, _, log = record(trace, cand, seed=args.seed, pps=pps)
+            res = des.simulate(log, model, hw, load, want_events=want)
+            if best is None or res.sim_seconds < best[2].sim_seconds:
+                best = (result(trace, lat, cand), log, res)
+        out, log, res = best
+        out = {**out, "policy": "oracle-select", "oracle_policy": out["policy"]}
+    else:
+        lat, _, log = record(trace, policy, seed=args.seed, pps=pps, record_events=bool(args.events))
+        out = result(trace, lat, policy)
+        if args.events:
+            save_events(args.events, lat, trace, policy)
+        res = des.simulate(log, model, hw, load, want_events=want)
+    _, _, ar_log = record(trace, AR(trace.L), seed=args.seed, pps=pps)
+    ar = des.simulate(ar_log, model, hw, load)
+    out.update(des.request_counters(log, load))
+    out["model"], out["depth_rescaled"] = trace.meta.get("model"), rescaled
+    out.update(gpu=hw.gpu.name, tp=hw.tp, pp=hw.pp, batch=hw.batch, scheduler="des",
+               requests=len(res.request_seqs), arrival=load.spec(), **res.fields())
+    if load.micro_batch is not None:
+        out["micro_batch"] = load.micro_batch
+    out["speedup_vs_ar"] = res.tokens_per_s / ar.tokens_per_s
+    if want:
+        des.chrome_trace(res, hw, args.trace_out)
+    return out
 
 
 def save_events(path: str, lat: core.Lattice, trace: Trace, policy) -> None:
@@ -368,6 +449,7 @@ def register(sub) -> None:
     p.add_argument("--trace", required=True, help="trace file (.npz, DESIGN.md section 5)")
     add_policy_flags(p)
     add_hardware_flags(p)
+    add_scheduler_flags(p)
     p.add_argument("--events", default=None, help="write the event log to this .npz")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_replay)

@@ -15,6 +15,12 @@ rebuilt from it. At the end the jsonl and csv files are rewritten in grid order 
 JSON array) is written, each write-temp-then-rename, so the files do not depend on --jobs, on finishing
 order or on interruptions.
 
+With `--scheduler des` (or `lockstep,des`) the same replays are also timed by the discrete-event
+simulator (dexsim/des.py) on every hardware configuration and every `--arrival` load: the replay
+records its work once (hardware-independent) and each configuration simulates it. DES rows carry
+`arrival`, `requests`, per-token latency percentiles and per-stage utilization; lockstep rows leave
+those empty and keep their keys.
+
 Not built: `--dask ADDRESS` (a distributed pool). Local processes cover the grids this simulator
 runs; a dask backend would be one more executor behind `_replays`.
 """
@@ -36,15 +42,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import pricing
+from . import des, pricing
 from .catalog import get_gpu
+from .des_plan import compile_plan
+from .des_record import record
 from .errors import UserError
 from .policies import PRIORITIES
 from .replay import POLICY_NAMES, for_model, make_policy, replay_tally, result
 from .synth import parse_depths
 from .trace import Trace, load_trace, trace_checksum
 
-SCHEDULER = "lockstep"  # the only scheduler priced so far (DESIGN.md section 3)
+SCHEDULERS = ("lockstep", "des")  # DESIGN.md section 3
 SINGLE_DEPTH = ("layerskip", "adaptive", "oracle-select")  # the selection methods DEX is measured against
 
 # The default grid: `python -m dexsim sweep` with no arguments must finish in well under a minute on two
@@ -68,14 +76,17 @@ DEFAULTS = {
     "max_tokens": 32,
     "seed": 0,
     "out": "results",
+    "scheduler": "lockstep",
+    "arrival": "closed",
 }
 
 # Output columns, in order. Parameters a policy does not have are empty (null in JSON).
 KEY_FIELDS = ("trace", "trace_sha256", "model", "max_tokens", "seed", "gpu", "tp", "pp", "batch", "scheduler",
-              "policy", "exits", "explorers", "buffer", "priority", "exit", "draft", "threshold", "oracle_drafts")
+              "arrival", "requests", "policy", "exits", "explorers", "buffer", "priority", "exit", "draft", "threshold", "oracle_drafts")
 COUNTERS = ("tokens", "rounds", "node_layers", "weight_loads", "head_evals", "wasted_node_layers", "fallbacks")
 COLUMNS = ("key", *KEY_FIELDS, "depth_rescaled", "oracle_policy", *COUNTERS,
-           "output_matches_trace", "sim_seconds", "tokens_per_s", "speedup_vs_ar")
+           "output_matches_trace", "sim_seconds", "tokens_per_s", "speedup_vs_ar",
+           "p50_token_latency_s", "p99_token_latency_s", "utilization")
 FILES = ("sweep.jsonl", "sweep.csv", "sweep.json")
 
 
@@ -91,6 +102,7 @@ class Job:
     seed: int
     per_layer: bool
     policy: str
+    des_pps: tuple = ()  # record the work for the DES on these stage counts (empty: lockstep only)
     exits: tuple = ()
     explorers: int = 0
     buffer: int = 0
@@ -109,6 +121,9 @@ class RowSpec:
     ar: Job  # the baseline on the same trace and model
     hardware: list  # [(model spec, Hardware)]
     extra: dict = field(default_factory=dict)  # depth_rescaled
+    schedules: list = field(default_factory=lambda: [("lockstep", None)])  # (scheduler, arrival spec)
+    requests: int | None = None  # des: requests (None: each sequence once)
+    n_seqs: int = 1
 
 
 @dataclass
@@ -268,11 +283,32 @@ def _policy_rows(trace: Trace, base: Job, ax: dict, notes: list, where: str):
                 yield {"policy": policy, "exits": spec, "oracle_drafts": drafts}, cands
 
 
+def _schedule_axes(args) -> tuple[list, int | None]:
+    """[(scheduler, arrival spec or None)] in grid order, and --requests; des flags need des."""
+    scheds = _csv_list("--scheduler", args.scheduler)
+    for sch in scheds:
+        if sch not in SCHEDULERS:
+            raise UserError(f"--scheduler: unknown scheduler {sch!r} (known: {', '.join(SCHEDULERS)})")
+    arrivals = _csv_list("--arrival", args.arrival)
+    if "des" not in scheds and (args.requests is not None or args.arrival != DEFAULTS["arrival"]):
+        raise UserError(f"--{'requests' if args.requests is not None else 'arrival'}: needs --scheduler des")
+    for a in arrivals:
+        des.parse_load(a, args.requests, 1)  # the syntax; each batch size is checked by its row
+    out = []
+    for sch in dict.fromkeys(scheds):
+        out += [("lockstep", None)] if sch == "lockstep" else [("des", a) for a in dict.fromkeys(arrivals)]
+    return out, args.requests
+
+
 def build_grid(args) -> Grid:
     """Every row spec of the cross product, in grid order; combinations that cannot run become notes."""
     ax = _policy_axes(args)
     hw_grid = _hardware_axes(args)
-    per_layer = any(pp > 1 for _, _, pp, _ in hw_grid)  # only pipeline pricing needs per-layer counts
+    schedules, requests = _schedule_axes(args)
+    lockstep = any(s == "lockstep" for s, _ in schedules)
+    # only pipeline pricing needs per-layer counts; the DES needs the work recorded at its stage boundaries
+    per_layer = lockstep and any(pp > 1 for _, _, pp, _ in hw_grid)
+    des_pps = tuple(sorted({pp for _, _, pp, _ in hw_grid})) if len(schedules) > lockstep else ()
     models = _csv_list("--models", args.models)
     specs, notes = [], []
     for path in find_traces(args.traces):
@@ -283,14 +319,15 @@ def build_grid(args) -> Grid:
             hardware = _hardware(name, hw_grid, notes)
             if not hardware:
                 continue
-            base = Job(path, args.max_tokens, model, args.seed, per_layer, "ar")
+            base = Job(path, args.max_tokens, model, args.seed, per_layer, "ar", des_pps=des_pps)
             # the checksum in the key: a resumed sweep never mixes in rows of a changed file of the same name
             common = {"trace": os.path.basename(path), "trace_sha256": loaded(path).meta["sha256"], "model": name,
                       "max_tokens": args.max_tokens, "seed": args.seed}
             extra = {"depth_rescaled": rescaled}
             where = f"{common['trace']} ({name})"
             for fields, jobs in _policy_rows(trace, base, ax, notes, where):
-                specs.append(RowSpec({**common, **fields}, jobs, base, hardware, extra))
+                specs.append(RowSpec({**common, **fields}, jobs, base, hardware, extra, schedules, requests,
+                                     trace.n_seqs))
     return Grid(specs, notes)
 
 
@@ -332,40 +369,72 @@ def _comma_specs(text: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- replaying and pricing
 
-def run_job(job: Job) -> tuple[dict, pricing.Tally]:
-    """Replay one job (in a worker process or in this one)."""
+def run_job(job: Job) -> tuple[dict, pricing.Tally, object]:
+    """Replay one job (in a worker process or in this one): its result, Tally and (for the DES) WorkLog."""
     trace, _ = prepared(job.trace, job.max_tokens, job.model)
     exits = np.array(job.exits) if job.exits else None
     policy = make_policy(job.policy, trace.L, exits=exits, explorers=job.explorers, buffer=job.buffer,
                          priority=job.priority or "eager", exit=job.exit, draft=job.draft, threshold=job.threshold)
-    lat, tally = replay_tally(trace, policy, seed=job.seed, per_layer=job.per_layer)
-    return result(trace, lat, policy), tally
+    if job.des_pps:
+        lat, tally, log = record(trace, policy, seed=job.seed, pps=job.des_pps, per_layer=job.per_layer)
+    else:
+        (lat, tally), log = replay_tally(trace, policy, seed=job.seed, per_layer=job.per_layer), None
+    return result(trace, lat, policy), tally, log
 
 
 def row_key(fields: dict) -> str:
     return "|".join(f"{k}={fields[k]}" for k in KEY_FIELDS if fields.get(k) is not None)
 
 
-def _hw_fields(hw) -> dict:
-    return {"gpu": hw.gpu.name, "tp": hw.tp, "pp": hw.pp, "batch": hw.batch, "scheduler": SCHEDULER}
+def _configs(spec: RowSpec):
+    """(model, hardware, scheduler, load) of every row of a spec, in grid order; load None: lockstep."""
+    for model, hw in spec.hardware:
+        for sched, arrival in spec.schedules:
+            load = None if sched == "lockstep" else des.parse_load(arrival, spec.requests, hw.batch, spec.fields["seed"])
+            yield model, hw, sched, load
+
+
+def _hw_fields(hw, sched: str = "lockstep", load=None, n_seqs: int = 1) -> dict:
+    out = {"gpu": hw.gpu.name, "tp": hw.tp, "pp": hw.pp, "batch": hw.batch, "scheduler": sched}
+    if load is not None:
+        out.update(arrival=load.spec(), requests=load.requests or n_seqs)
+    return out
 
 
 def spec_keys(spec: RowSpec) -> list[str]:
-    return [row_key({**spec.fields, **_hw_fields(hw)}) for _, hw in spec.hardware]
+    return [row_key({**spec.fields, **_hw_fields(hw, sch, load, spec.n_seqs)}) for _, hw, sch, load in _configs(spec)]
 
 
-def make_rows(spec: RowSpec, done: dict, skip: set) -> list[dict]:
+def _simulated(cache: dict, job: Job, log, model, hw, load):
+    """A job's DES run on one configuration, once per sweep (the AR baseline serves many rows); its
+    plan (the steps on hw.pp stages) serves every GPU, TP degree, batch and load with that stage count."""
+    key = (job, hw, load)
+    if key not in cache:
+        plan_key = ("plan", job, hw.pp)
+        if plan_key not in cache:
+            cache[plan_key] = compile_plan(log, hw.pp)
+        cache[key] = des.simulate(log, model, hw, load, plan=cache[plan_key])
+    return cache[key]
+
+
+def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None) -> list[dict]:
     """The rows of a spec whose replays are done, for every configuration not in `skip`."""
     rows = []
+    cache = {} if cache is None else cache
     ar_tally = done[spec.ar][1]
-    for model, hw in spec.hardware:
-        fields = {**spec.fields, **_hw_fields(hw)}
+    for model, hw, sched, load in _configs(spec):
+        fields = {**spec.fields, **_hw_fields(hw, sched, load, spec.n_seqs)}
         key = row_key(fields)
         if key in skip:
             continue
         cands = [done[j] for j in spec.jobs]
-        priced = [pricing.price(t, model, hw)["sim_seconds"] for _, t in cands]
-        res, tally = cands[int(np.argmin(priced))]  # one job, or oracle-select's pick on this hardware
+        if load is None:
+            priced = [pricing.price(t, model, hw)["sim_seconds"] for _, t, _ in cands]
+        else:
+            sims = [_simulated(cache, j, done[j][2], model, hw, load) for j in spec.jobs]
+            priced = [r.sim_seconds for r in sims]
+        best = int(np.argmin(priced))  # one job, or oracle-select's pick on this hardware
+        res, tally, log = cands[best]
         row = {c: None for c in COLUMNS}
         row.update(fields, **spec.extra, key=key, **{c: res[c] for c in COUNTERS})
         row["output_matches_trace"] = res["output_matches_trace"]
@@ -374,7 +443,12 @@ def make_rows(spec: RowSpec, done: dict, skip: set) -> list[dict]:
         if spec.fields["policy"] == "oracle-select":
             row["oracle_policy"] = res["policy"]
             row["exit"], row["draft"] = res.get("exit"), res.get("draft")
-        row.update(pricing.priced_fields(tally, ar_tally, model, hw))
+        if load is None:
+            row.update(pricing.priced_fields(tally, ar_tally, model, hw))
+        else:
+            ar = _simulated(cache, spec.ar, done[spec.ar][2], model, hw, load)
+            row.update(des.request_counters(log, load), **sims[best].fields())
+            row["speedup_vs_ar"] = sims[best].tokens_per_s / ar.tokens_per_s
         rows.append(row)
     return rows
 
@@ -505,7 +579,7 @@ def sweep(args, grid: Grid) -> list[dict]:
         for j in {*s.jobs, s.ar}:
             waiting[j].append(s)
     missing = {id(s): len({*s.jobs, s.ar}) for s in pending}
-    done = {}
+    done, cache = {}, {}
     # the pool starts (forks) before tqdm starts its monitor thread
     with (_replays(jobs, args.jobs) as results,
           tqdm(total=len(jobs), desc="sweep", unit="replay", file=sys.stderr, mininterval=0.5) as bar):
@@ -514,7 +588,7 @@ def sweep(args, grid: Grid) -> list[dict]:
             for s in waiting[job]:
                 missing[id(s)] -= 1
                 if missing[id(s)] == 0:
-                    store.append(make_rows(s, done, store.rows.keys()))
+                    store.append(make_rows(s, done, store.rows.keys(), cache))
             bar.update()
     order = [k for s in grid.specs for k in spec_keys(s)]
     rows = store.finish(order)
@@ -545,14 +619,15 @@ def best_table(rows: list[dict]) -> str:
     groups: dict[tuple, list] = {}
     for r in rows:
         if r["output_matches_trace"]:
-            hw = (r["gpu"], r["tp"], r["pp"], r["batch"])
+            hw = (r["gpu"], r["tp"], r["pp"], r["batch"], r["scheduler"], r["arrival"])
             groups.setdefault((r["trace"], r["model"], r["max_tokens"], r["seed"], hw), []).append(r)
     head = ("trace", "model", "hardware", "best configuration", "tok/s", "vs ar", "vs single", "best single-depth")
     lines = [head]
-    for (trace, model, _, _, (gpu, tp, pp, batch)), rs in groups.items():
+    for (trace, model, _, _, (gpu, tp, pp, batch, sched, arrival)), rs in groups.items():
         best = max(rs, key=lambda r: r["tokens_per_s"])
         single = [r for r in rs if r["policy"] in SINGLE_DEPTH]
         hw = gpu + ("" if (tp, pp, batch) == (1, 1, 1) else f" tp{tp} pp{pp} b{batch}")
+        hw += "" if sched == "lockstep" else f" des {arrival}"
         if single:
             s = max(single, key=lambda r: r["tokens_per_s"])
             vs_single, s_name = f"{best['tokens_per_s'] / s['tokens_per_s']:.3f}x", describe(s)
@@ -581,7 +656,8 @@ def cmd_sweep(args) -> int:
         print(f"note: {note}", file=sys.stderr)
     rows = sweep(args, grid)
     print(f"{len(rows)} rows in {Path(args.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
-    print(f"best lossless configuration per trace and hardware ({SCHEDULER}, simulated tokens/s)")
+    scheds = ", ".join(dict.fromkeys(_csv_list("--scheduler", args.scheduler)))
+    print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
     print(best_table(rows))
     return 0
 
@@ -617,10 +693,19 @@ def register(sub) -> None:
     p.add_argument("--gpus", default=d["gpus"], help=f"catalog GPUs (default: {d['gpus']})")
     p.add_argument("--tp", default=d["tp"], help="tensor-parallel degrees (default: 1)")
     p.add_argument("--pp", default=d["pp"], help="pipeline stage counts (default: 1)")
-    p.add_argument("--batch", default=d["batch"], help="batch sizes, sequences in lockstep (default: 1)")
+    p.add_argument("--batch", default=d["batch"],
+                   help="batch sizes, sequences in lockstep; under des, the most requests in flight (default: 1)")
     p.add_argument("--max-tokens", type=int, default=d["max_tokens"],
                    help=f"replay the first N tokens of each sequence (default {d['max_tokens']}; 0: all)")
-    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the off-path exit tokens")
+    p.add_argument("--seed", type=int, default=d["seed"], help="seed of the off-path exit tokens (and poisson arrivals)")
+    p.add_argument("--scheduler", default=d["scheduler"],
+                   help=f"comma-separated, of {', '.join(SCHEDULERS)} (default: {d['scheduler']}); des: "
+                        "discrete-event simulation of pipeline stages and serving load")
+    p.add_argument("--arrival", default=d["arrival"],
+                   help="des loads, comma-separated: closed[:CLIENTS] (closed: as many clients as --batch) or "
+                        f"poisson:QPS (default: {d['arrival']})")
+    p.add_argument("--requests", type=int, default=None,
+                   help="des: requests per row (request i decodes sequence i mod S; default: each sequence once)")
     p.add_argument("--out", default=d["out"], help=f"result folder (default: ./{d['out']}/)")
     p.add_argument("--jobs", type=int, default=_default_jobs(), help="local worker processes (default: all cores)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip them")

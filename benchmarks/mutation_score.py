@@ -1,0 +1,60 @@
+"""Mutation score of the lattice core: the share of mutants the test suite kills.
+
+    python benchmarks/mutation_score.py [--max-children N] [--sample N] [--seed S]
+
+Runs mutmut (configured in pyproject.toml [tool.mutmut]: dexsim/lattice.py against the core's
+suites) with the Hypothesis `mutation` profile (few, derandomized examples), then prints the score
+and lists the surviving mutants (`mutmut show NAME` prints one). All mutants take hours on two
+cores; `--sample N` runs a uniform random sample of N of them (a score estimate, with its standard
+error), on top of any already judged.
+"""
+import argparse
+import collections
+import math
+import os
+import random
+import re
+import subprocess
+import sys
+
+
+def _mutmut(env, *args):
+    subprocess.run(["mutmut", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def _results(env) -> list[tuple[str, str]]:
+    out = subprocess.run(["mutmut", "results", "--all", "true"], env=env, capture_output=True, text=True).stdout
+    return [(m.group(1), m.group(2)) for m in re.finditer(r"^\s*(\S+): (\w[\w ]*)$", out, re.M)]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--max-children", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--sample", type=int, default=0, help="run only this many randomly chosen mutants")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "mutation")}
+    names = []
+    if args.sample:
+        # `mutmut run` with a name that matches nothing generates the mutants and runs none
+        _mutmut(env, "run", "--max-children", "1", "none-such-mutant")
+        pending = [n for n, st in _results(env) if st == "not checked"]
+        names = random.Random(args.seed).sample(pending, min(args.sample, len(pending)))
+    _mutmut(env, "run", "--max-children", str(args.max_children), *names)
+    results = _results(env)
+    status = collections.Counter(st for _, st in results)
+    survivors = [n for n, st in results if st == "survived"]
+    judged = status["killed"] + status["survived"] + status["timeout"]
+    if not judged:
+        sys.exit(f"no mutants judged; mutmut said:\n{out}")
+    killed = status["killed"] + status["timeout"]
+    p = killed / judged
+    print(f"mutants: {dict(status)}")
+    print(f"mutation score: {killed}/{judged} = {p:.1%} killed (timeouts count as killed; "
+          f"standard error {math.sqrt(p * (1 - p) / judged):.1%} if these are a sample)")
+    for name in survivors:
+        print(f"survived: {name}")
+
+
+if __name__ == "__main__":
+    main()
