@@ -56,27 +56,28 @@ SCHEDULERS = ("lockstep", "des")  # DESIGN.md section 3
 SINGLE_DEPTH = ("layerskip", "adaptive", "oracle-select")  # the selection methods DEX is measured against
 
 # The default grid: `python -m dexsim sweep` with no arguments must finish in well under a minute on two
-# cores. Measured on the bundled traces (2 cores, shared): 84 replays, about 24 CPU-seconds, 15 s wall.
-# `dex --priority align` is most of it (many rounds, few jumps), hence the first 32 tokens of each
-# sequence and k in {4, 8}; widen any axis with its flag (`--max-tokens 0` replays every token).
+# cores. It prices every replay on one device (lockstep) and on a 4-stage pipeline (des), where DEX's
+# explorers at different depths run on different stages at once; exits every 8 layers put them at
+# the stage ends. Measured on the bundled traces (2 cores, shared): about 16 s wall. Replays of the
+# first 32 tokens of each sequence; widen any axis with its flag (`--max-tokens 0`: every token).
 DEFAULTS = {
     "traces": "traces/*.npz",
     "models": "trace",
     "policies": ",".join(POLICY_NAMES),
     "explorers": "4,8",
-    "exits": "every:4",
+    "exits": "every:8",
     "priorities": "eager,deep",
     "thresholds": "0.9",
     "drafts": "1,2,4",
     "buffer": 8,
     "gpus": "a100-sxm4-80gb,h100-sxm5-80gb,l4-24gb",
     "tp": "1",
-    "pp": "1",
+    "pp": "1,4",
     "batch": "1",
     "max_tokens": 32,
     "seed": 0,
     "out": "results",
-    "scheduler": "lockstep",
+    "scheduler": "lockstep,des",
     "arrival": "closed",
 }
 
@@ -659,6 +660,13 @@ def cmd_sweep(args) -> int:
     scheds = ", ".join(dict.fromkeys(_csv_list("--scheduler", args.scheduler)))
     print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
     print(best_table(rows))
+    if args.plots:
+        try:
+            from viz.plots import sweep_plots
+        except ImportError as e:
+            raise UserError(f"--plots: needs the viz extra ({e.name} missing): pip install -e '.[viz]'") from None
+        for path in sweep_plots(args.out):
+            print(f"plot: {path}")
     return 0
 
 
@@ -692,7 +700,7 @@ def register(sub) -> None:
                    help=f"dex, adaptive: live branches B (default {d['buffer']})")
     p.add_argument("--gpus", default=d["gpus"], help=f"catalog GPUs (default: {d['gpus']})")
     p.add_argument("--tp", default=d["tp"], help="tensor-parallel degrees (default: 1)")
-    p.add_argument("--pp", default=d["pp"], help="pipeline stage counts (default: 1)")
+    p.add_argument("--pp", default=d["pp"], help=f"pipeline stage counts (default: {d['pp']})")
     p.add_argument("--batch", default=d["batch"],
                    help="batch sizes, sequences in lockstep; under des, the most requests in flight (default: 1)")
     p.add_argument("--max-tokens", type=int, default=d["max_tokens"],
@@ -709,4 +717,5 @@ def register(sub) -> None:
     p.add_argument("--out", default=d["out"], help=f"result folder (default: ./{d['out']}/)")
     p.add_argument("--jobs", type=int, default=_default_jobs(), help="local worker processes (default: all cores)")
     p.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip them")
+    p.add_argument("--plots", action="store_true", help="also write the sweep's plots to OUT/plots (needs matplotlib)")
     p.set_defaults(func=cmd_sweep)
