@@ -28,7 +28,7 @@ def _rows(out) -> list[dict]:
 
 
 def test_des_rows_beside_unchanged_lockstep_rows(traces, tmp_path, capsys):
-    assert main(["sweep", "--traces", traces, "--out", str(tmp_path / "l"), *GRID]) == 0
+    assert main(["sweep", "--traces", traces, "--out", str(tmp_path / "l"), *GRID, "--scheduler", "lockstep"]) == 0
     lock = _rows(tmp_path / "l")
     assert main(["sweep", "--traces", traces, "--out", str(tmp_path / "d"), *GRID, "--scheduler", "lockstep,des",
                  "--arrival", "closed,poisson:30"]) == 0
@@ -68,8 +68,8 @@ def test_des_rows_beside_unchanged_lockstep_rows(traces, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("flags,names", [(["--scheduler", "fifo"], "--scheduler"),
-                                         (["--arrival", "poisson:3"], "--arrival"),
-                                         (["--requests", "4"], "--requests"),
+                                         (["--scheduler", "lockstep", "--arrival", "poisson:3"], "--arrival"),
+                                         (["--scheduler", "lockstep", "--requests", "4"], "--requests"),
                                          (["--scheduler", "des", "--arrival", "closed:x"], "--arrival")])
 def test_bad_sweep_des_flags(traces, tmp_path, flags, names, capsys):
     assert main(["sweep", "--traces", traces, "--out", str(tmp_path), *GRID, *flags]) == 2

@@ -18,7 +18,8 @@ from dexsim.trace import save_trace
 
 GPUS = "a100-sxm4-80gb,l4-24gb"
 GRID = ["--policies", "ar,layerskip,adaptive,oracle-select,dex", "--explorers", "1,3", "--exits", "every:10,all",
-        "--priorities", "eager,deep", "--drafts", "1,2", "--gpus", GPUS, "--max-tokens", "0"]
+        "--priorities", "eager,deep", "--drafts", "1,2", "--gpus", GPUS, "--max-tokens", "0",
+        "--pp", "1", "--scheduler", "lockstep"]
 
 
 @pytest.fixture(scope="module")
