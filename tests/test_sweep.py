@@ -160,7 +160,7 @@ def test_configurations_that_cannot_run_are_skipped_with_a_note(traces, tmp_path
     # smollm2 has 9 attention heads: tp 2 cannot split them; llama2-7b can
     assert main(["sweep", "--traces", traces, "--out", str(tmp_path), "--policies", "ar,dex", "--exits", "all",
                  "--explorers", "2", "--priorities", "eager", "--gpus", "h100-sxm5-80gb", "--tp", "1,2",
-                 "--pp", "1,2", "--batch", "1,4", "--jobs", "1"]) == 0
+                 "--pp", "1,2", "--batch", "1,4", "--jobs", "1", "--scheduler", "lockstep"]) == 0
     captured = capsys.readouterr()
     assert "note: skipped smollm2-135m on h100-sxm5-80gb tp=2" in captured.err
     rows = _rows(tmp_path)
