@@ -205,3 +205,100 @@ def test_a_deeper_node_with_the_committed_token_is_not_the_new_anchor():
     assert len(grandchild) == 1 and grandchild["token"][0] == 1  # the scenario happened
     assert lat.counters.fallbacks[0] == 3 and (lat.output[0] == [1, 1, 1]).all()
     check_event_log(ev, lat)
+
+
+class _Recording(ReplayExecutor):
+    """Keeps what the core hands an executor: every compute call and both optional hooks."""
+
+    def __init__(self, trace):
+        super().__init__(trace)
+        self.computed, self.commits, self.discards = [], [], []
+
+    def compute(self, lat, s, j, layers):
+        assert isinstance(lat, core.Lattice)
+        self.computed += [(int(a), int(lat.node_id[a, b]), int(lat.depth[a, b]), int(m)) for a, b, m in zip(s, j, layers)]
+
+    def committed(self, lat, s, node_ids):
+        self.commits += [(int(a), int(v)) for a, v in zip(s, node_ids)]
+
+    def discarded(self, lat, s, node_ids):
+        self.discards += [(int(a), int(v)) for a, v in zip(s, node_ids)]
+
+
+@given(trace_and_policy())
+def test_the_executor_is_told_every_node_layer_commit_and_discard(tp):
+    trace, policy = tp
+    ex = _Recording(trace)
+    lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
+                       root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                       max_tokens=np.diff(trace.seq_offsets), record_events=True)
+    core.run(lat, policy, ex)
+    ev = lat.events()
+    adv = ev[ev["kind"] == core.ADVANCE]
+    assert ex.computed == [(int(e["seq"]), int(e["node"]), int(e["depth"]), int(e["n"])) for e in adv]
+    kind = lambda k: [(int(e["seq"]), int(e["node"])) for e in ev[ev["kind"] == k]]  # noqa: E731
+    assert ex.commits == kind(core.COMMIT) and ex.discards == kind(core.DISCARD)
+
+
+def test_no_events_without_recording():
+    trace = fixed_ead_trace(4, 2, 3)
+    assert len(replay(trace, AR(4)).events()) == 0
+
+
+@given(traces(), st.floats(0, 1), st.integers(0, 4))
+def test_adaptive_makes_one_guess_per_node(trace, tau, buffer):
+    lat = replay(trace, make_policy("adaptive", trace.L, exits=trace.depths, threshold=tau, buffer=buffer),
+                 record_events=True)
+    ev = lat.events()
+    guesses = ev[(ev["kind"] == core.SPAWN) & (ev["n"] > 0)]  # n: the parent's depth; 0 only for fresh anchors
+    keys = list(zip(guesses["seq"].tolist(), guesses["parent"].tolist()))
+    assert len(keys) == len(set(keys))
+
+
+class _Quiet:
+    can_jump = True
+
+    def compute(self, lat, s, j, layers):
+        pass
+
+    def spawned(self, lat, s, j):
+        pass
+
+
+def _lattice_of(nodes, buffer):
+    """One sequence's lattice from (parent slot, spawn depth, depth) per slot; slot 0 is the anchor."""
+    lat = core.Lattice(L=8, exits=np.arange(1, 9), capacity=buffer + 1, root_tokens=[0], root_pos=[5],
+                       max_tokens=[9])
+    for k, (p, sd, d) in enumerate(nodes):
+        lat.parent[0, k], lat.spawn_depth[0, k], lat.depth[0, k] = p, sd, d
+        lat.token[0, k], lat.node_id[0, k] = 100 + k, k
+        lat.pos[0, k] = 5 if p < 0 else lat.pos[0, p] + 1
+    lat.n[0], lat.next_id[0] = len(nodes), len(nodes)
+    return lat
+
+
+def _evict_case(nodes, requester, buffer=3):
+    lat = _lattice_of(nodes, buffer)
+    lat.expand(_Quiet(), np.array([0]), np.array([requester]), np.array([7]), buffer, evict=True)
+    return [(int(lat.node_id[0, k]), int(lat.parent[0, k])) for k in range(lat.n[0])]
+
+
+def test_eviction_takes_the_shallowest_spawned_leaf_only():
+    # anchor(depth 6) -> b1 (spawned at 1, has a child) -> c (spawned at 2); anchor -> b2 (spawned at 3)
+    nodes = [(-1, 0, 6), (0, 1, 4), (1, 2, 1), (0, 3, 2)]
+    # b1 is shallower but not a leaf: c goes; the new child (id 4) hangs from the anchor
+    assert _evict_case(nodes, 0) == [(0, -1), (1, 0), (3, 0), (4, 0)]
+
+
+def test_eviction_spares_the_requester_and_needs_a_strictly_shallower_leaf():
+    # anchor(6) -> b1 (spawned 1, leaf, depth 4, asks for a child) ; anchor -> b2 (spawned 2) ; anchor -> b3 (5)
+    nodes = [(-1, 0, 6), (0, 1, 4), (0, 2, 3), (0, 5, 1)]
+    assert _evict_case(nodes, 1) == [(0, -1), (1, 0), (3, 0), (4, 1)]  # b2 goes, not the requester b1
+    # a requester at depth 2 may not evict a leaf spawned at depth 2: the request is dropped
+    nodes = [(-1, 0, 6), (0, 5, 2), (0, 2, 3), (0, 5, 1)]
+    assert _evict_case(nodes, 1) == [(0, -1), (1, 0), (2, 0), (3, 0)]
+
+
+def test_eviction_ties_go_to_the_oldest():
+    nodes = [(-1, 0, 6), (0, 2, 3), (0, 2, 3), (0, 2, 3)]
+    assert _evict_case(nodes, 0) == [(0, -1), (2, 0), (3, 0), (4, 0)]
