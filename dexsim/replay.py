@@ -114,10 +114,10 @@ class ReplayExecutor:
         prev_d = lat.prev_exit[lat.depth[s, j]]
         prev_c = np.where(prev_d > 0, self.col[prev_d], -1)
         stay = np.exp(self.cum_log_stay[c + 1] - self.cum_log_stay[prev_c + 1])
-        # Draws keyed by (seed, sequence, node, depth), not by call order: a replay must not depend on
-        # how rounds are batched, jumped or scheduled.
+        # Draws keyed by (seed, node, depth), not by call order or sequence index: a sequence's replay
+        # must not depend on how rounds are jumped or scheduled, nor on which sequences run beside it.
         d = lat.depth[s, j]
-        h = _hash(self.seed, s, lat.node_id[s, j], d)
+        h = _hash(self.seed, lat.node_id[s, j], d)
         new = (prev == core.NO_TOKEN) | (_uniform(h, 1) >= stay)
         tok = np.where(new, self.trace.vocab + lat.node_id[s, j] * (lat.L + 1) + d, prev)  # unique per node, depth
         rows = (_uniform(h, 2) * len(self.trace.exit_conf)).astype(np.int64)

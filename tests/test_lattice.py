@@ -219,9 +219,11 @@ class _Recording(ReplayExecutor):
         self.computed += [(int(a), int(lat.node_id[a, b]), int(lat.depth[a, b]), int(m)) for a, b, m in zip(s, j, layers)]
 
     def committed(self, lat, s, node_ids):
+        assert isinstance(lat, core.Lattice)
         self.commits += [(int(a), int(v)) for a, v in zip(s, node_ids)]
 
     def discarded(self, lat, s, node_ids):
+        assert isinstance(lat, core.Lattice)
         self.discards += [(int(a), int(v)) for a, v in zip(s, node_ids)]
 
 
@@ -302,3 +304,18 @@ def test_eviction_spares_the_requester_and_needs_a_strictly_shallower_leaf():
 def test_eviction_ties_go_to_the_oldest():
     nodes = [(-1, 0, 6), (0, 2, 3), (0, 2, 3), (0, 2, 3)]
     assert _evict_case(nodes, 0) == [(0, -1), (2, 0), (3, 0), (4, 0)]
+
+
+@given(trace_and_policy(), st.integers(0, 3))
+def test_sequences_run_side_by_side_do_not_interact(tp, seed):
+    """Each sequence's counters are those of its replay alone: vectorising over sequences is speed only."""
+    trace, policy = tp
+    together = replay(trace, policy, seed=seed).counters
+    for s in range(trace.n_seqs):
+        sl = trace.seq_slice(s)
+        alone_trace = tiny_trace(trace.final[sl], trace.exit_tokens[sl], trace.depths, [sl.stop - sl.start],
+                                 trace.prompt_len[s:s + 1], trace.exit_conf[sl], trace.vocab)
+        alone = replay(alone_trace, policy, seed=seed).counters
+        for name in ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers",
+                     "fallbacks"):
+            assert getattr(together, name)[s] == getattr(alone, name)[0], name
