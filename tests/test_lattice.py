@@ -325,3 +325,18 @@ def test_sequences_run_side_by_side_do_not_interact(tp, seed):
         for name in ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers",
                      "fallbacks"):
             assert getattr(together, name)[s] == getattr(alone, name)[s], name
+
+
+def test_eviction_in_one_sequence_ignores_requests_of_another():
+    # sequence 0 has room and asks from its slot 1; sequence 1 is full and its shallowest leaf is slot 1
+    lat = core.Lattice(L=8, exits=np.arange(1, 9), capacity=4, root_tokens=[0, 0], root_pos=[5, 5],
+                       max_tokens=[9, 9])
+    shapes = {0: [(-1, 0, 6), (0, 3, 2)], 1: [(-1, 0, 6), (0, 1, 2), (0, 2, 2), (0, 4, 1)]}
+    for q, nodes in shapes.items():
+        for k, (p, sd, d) in enumerate(nodes):
+            lat.parent[q, k], lat.spawn_depth[q, k], lat.depth[q, k] = p, sd, d
+            lat.token[q, k], lat.node_id[q, k], lat.pos[q, k] = 100 + k, k, 5 if p < 0 else 6
+        lat.n[q] = lat.next_id[q] = len(nodes)
+    lat.expand(_Quiet(), np.array([0, 1]), np.array([1, 0]), np.array([7, 7]), 3, evict=True)
+    assert lat.node_id[1, : lat.n[1]].tolist() == [0, 2, 3, 4]  # slot 1 (spawned at depth 1) was evicted
+    assert lat.node_id[0, : lat.n[0]].tolist() == [0, 1, 2]
