@@ -88,6 +88,7 @@ class Lattice:
         self.L, self.S, self.M, self.eos = L, S, M, eos
         self.is_exit = np.zeros(L + 1, bool)
         self.is_exit[np.asarray(exits)] = True
+        self.is_exit[L] = True  # E always holds L: the final token is the only one ever committed
         # next_exit[d]: the first exit depth above d, for jumps.
         self.next_exit = np.array([d + 1 + np.argmax(self.is_exit[d + 1:]) for d in range(L)] + [L])
         # prev_exit[d]: the exit depth below d a node read last (0: none), for off-path replay.

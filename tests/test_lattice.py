@@ -340,3 +340,10 @@ def test_eviction_in_one_sequence_ignores_requests_of_another():
     lat.expand(_Quiet(), np.array([0, 1]), np.array([1, 0]), np.array([7, 7]), 3, evict=True)
     assert lat.node_id[1, : lat.n[1]].tolist() == [0, 2, 3, 4]  # slot 1 (spawned at depth 1) was evicted
     assert lat.node_id[0, : lat.n[0]].tolist() == [0, 1, 2]
+
+
+def test_an_exit_set_without_L_still_reads_the_final_token():
+    """Found by the proofs' conformance work: E = {1} must not commit a depth-1 guess."""
+    trace = fixed_ead_trace(3, 2, 6)
+    lat = replay(trace, DEX(3, np.array([1]), 2, 3))
+    assert output_matches(trace, lat)
