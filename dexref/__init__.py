@@ -1,1 +1,11 @@
-"""DEX reference engine (PyTorch). Comes with the reference-engine issue."""
+"""DEX reference engine (PyTorch): the lattice core of dexsim driving a real transformer, layer by layer.
+
+- `dexref.model`: a layer-addressable Llama-family transformer (one file, shape comments).
+- `dexref.engine`: the core's torch Executor (committed KV cache + per-node KV pool, tree attention),
+  sampling, `generate`, and the AR recomputation for the batch-invariant check.
+- `dexref.fetch`: real models and prompt sets from the package registry, cached offline.
+- `dexref.record`: real depth traces in the dexsim format.
+- `dexref.hf`: the Hugging Face reference (tests and benchmark only).
+- `python -m dexref fetch | generate | record`.
+"""
+__version__ = "0.1.0"

@@ -297,6 +297,7 @@ class Lattice:
             keep[has_child, child[has_child]] = True
             for k in range(1, self.M):
                 keep[:, k] |= keep[np.arange(len(s)), np.maximum(self.parent[s, k], 0)] & (self.parent[s, k] >= 0)
+            keep &= live  # a dead slot keeps a stale parent index: it must not come back
             gone = live & ~keep
             gone[:, 0] = False  # the old anchor is committed work, not waste
             self._discard(s, gone)

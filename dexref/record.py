@@ -1,0 +1,65 @@
+"""Real per-token depth traces (DESIGN.md section 5) recorded on the engine.
+
+Recording is a policy like any other on the one core: `dex` with the exit set = the recorded depths,
+one explorer and no branch buffer, i.e. AR decoding that reads the exit head at every recorded depth
+of the anchor. Each committed anchor's exit tokens and confidences become one trace row. By default
+in batch-invariant mode, so the recorded states are bitwise AR's, whatever else runs alongside.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dexsim.policies import DEX
+from dexsim.trace import Trace, make_meta, save_trace
+
+from . import __version__
+from .engine import Sampling, generate
+
+
+def record_policy(L: int, depths) -> DEX:
+    return DEX(L, np.asarray(depths), explorers=1, buffer=0)
+
+
+def record(model, prompts: list[list[int]], *, max_new_tokens: int, depths, eos: int | None,
+           sampling: Sampling = Sampling(), batch_invariant: bool = True, batch: int = 8, progress=None):
+    """Decode every prompt, `batch` sequences at a time; returns the trace arrays (no meta)."""
+    L = model.args.n_layer
+    depths = np.asarray(depths, np.int64)
+    finals, toks, confs, lengths = [], [], [], []
+    for i in range(0, len(prompts), batch):
+        chunk = prompts[i: i + batch]
+        run = generate(model, chunk, record_policy(L, depths), max_new_tokens, sampling=sampling, eos=eos,
+                       batch_invariant=batch_invariant, record_depths=depths)
+        for s, out in enumerate(run.outputs):
+            t, c = run.executor.recorded(s)
+            assert t.shape == (len(out), len(depths)) and (t[:, -1] == out).all()
+            finals.append(np.asarray(out))
+            toks.append(t)
+            confs.append(c)
+            lengths.append(len(out))
+        if progress:
+            progress(len(chunk))
+    return dict(
+        depths=depths.astype(np.int16),
+        final=np.concatenate(finals).astype(np.int32),
+        exit_tokens=np.concatenate(toks).astype(np.int32),
+        exit_conf=np.concatenate(confs).astype(np.float16),
+        seq_offsets=np.r_[0, np.cumsum(lengths)].astype(np.int64),
+        prompt_len=np.array([len(p) for p in prompts], np.int32),
+    )
+
+
+def save(arrays: dict, path: str, *, catalog_name: str, dataset: str, template: str, sampling: Sampling,
+         params: dict, arch: dict | None = None, model_name: str | None = None) -> Trace:
+    """Write the trace with complete meta. `arch` and `model_name` override the catalog's (for models
+    outside the catalog)."""
+    meta = make_meta(catalog_name, heads="lens", dataset=dataset, template=template, sampling=sampling.meta(),
+                     synthetic=False, recorder={"tool": "dexref", "version": __version__, "params": params})
+    if arch is not None:
+        meta["arch"] = arch
+    if model_name is not None:
+        meta["model"] = model_name
+    trace = Trace(**arrays, meta=meta)
+    save_trace(trace, path)
+    trace.path = path
+    return trace
