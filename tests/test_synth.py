@@ -150,10 +150,15 @@ BUNDLED = Path(__file__).resolve().parent.parent / "traces"
 
 
 def test_bundled_traces_recreated_by_their_readme_commands(tmp_path):
-    """Each bundled trace loads, is small, and its README command reproduces its arrays bit for bit."""
-    commands = re.findall(r"^    python -m dexsim (synth .*)$", (BUNDLED / "README.md").read_text(), re.M)
+    """Each bundled synthetic trace loads, is small, and its README command reproduces its arrays bit
+    for bit; each recorded one has its `dexref record` command in the README."""
+    readme = (BUNDLED / "README.md").read_text()
+    commands = re.findall(r"^    python -m dexsim (synth .*)$", readme, re.M)
     files = sorted(BUNDLED.glob("*.npz"))
-    assert len(commands) == len(files) >= 2
+    synthetic = [f for f in files if load_trace(f).meta["synthetic"]]
+    assert len(commands) == len(synthetic) >= 2
+    for f in set(files) - set(synthetic):
+        assert re.search(rf"^    python -m dexref record .*--out traces/{re.escape(f.name)}$", readme, re.M), f.name
     for command in commands:
         argv = shlex.split(command)
         out = argv.index("--out") + 1
