@@ -35,7 +35,8 @@ def swept(tmp_path_factory):
     out = d / "results"
     assert dexsim_main(["sweep", "--traces", str(d / "tiny.npz"), "--out", str(out), "--policies",
                         "ar,layerskip,dex", "--explorers", "1,2", "--exits", "all", "--priorities", "eager",
-                        "--drafts", "2", "--gpus", "a100-sxm4-80gb,l4-24gb", "--jobs", "1"]) == 0
+                        "--drafts", "2", "--gpus", "a100-sxm4-80gb,l4-24gb", "--jobs", "1",
+                        "--pp", "1", "--scheduler", "lockstep"]) == 0
     return out
 
 
