@@ -98,12 +98,14 @@ class Transformer(nn.Module):
         cos, sin = rope_tables(a)
         self.register_buffer("rope_cos", cos, persistent=False)  # [max_len, head_dim]
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_half", rotate_half_matrix(a.head_dim), persistent=False)  # [hd, hd]
 
     def to_dtype(self, dtype: torch.dtype) -> "Transformer":
         """Cast weights and the rotary tables (computed in float32, cast like Hugging Face does)."""
         self.to(dtype)
         cos, sin = rope_tables(self.args)
         self.rope_cos, self.rope_sin = cos.to(dtype), sin.to(dtype)
+        self.rope_half = rotate_half_matrix(self.args.head_dim).to(dtype)
         return self
 
 
@@ -115,11 +117,20 @@ def rope_tables(a: ModelArgs) -> tuple[Tensor, Tensor]:
     return emb.cos(), emb.sin()
 
 
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding, rotate-half form. x [R, heads, hd]; cos, sin [R, hd]."""
-    x1, x2 = x.chunk(2, dim=-1)  # [R, heads, hd/2] each
-    rot = torch.cat((-x2, x1), dim=-1)  # [R, heads, hd]
-    return x * cos[:, None, :] + rot * sin[:, None, :]
+def rotate(x: Tensor, cos: Tensor, sin: Tensor, half: Tensor) -> Tensor:
+    """Rotary embedding, rotate-half form: x * cos + rotate_half(x) * sin, where rotate_half(x1, x2) =
+    (-x2, x1) is taken as x @ half, a signed permutation matrix (one product, exact: every output is
+    one input times +-1 plus zeros). x [R, heads, hd]; cos, sin [R, hd]; half [hd, hd]."""
+    return x * cos[:, None, :] + (x @ half) * sin[:, None, :]
+
+
+def rotate_half_matrix(hd: int) -> Tensor:
+    """[hd, hd] with x @ m = cat(-x[hd/2:], x[:hd/2])."""
+    m = torch.zeros(hd, hd)
+    i = torch.arange(hd // 2)
+    m[i + hd // 2, i] = -1.0
+    m[i, i + hd // 2] = 1.0
+    return m
 
 
 # ---------------------------------------------------------------------------- the pieces the engine calls
@@ -133,9 +144,9 @@ def qkv(model: Transformer, layer: int, x: Tensor, pos: Tensor) -> tuple[Tensor,
     a = model.args
     blk = model.layers[layer]
     R, nq = x.shape[0], a.n_head + a.n_kv_head
-    qkv_ = blk.attention.wqkv(blk.attention_norm(x))  # [R, (H + 2 Hkv) * hd]
+    qkv_ = F.linear(blk.attention_norm(x), blk.attention.wqkv.weight)  # [R, (H + 2 Hkv) * hd]
     cos, sin = model.rope_cos.index_select(0, pos), model.rope_sin.index_select(0, pos)  # [R, hd]
-    qk = rotate(qkv_[:, : nq * a.head_dim].view(R, nq, a.head_dim), cos, sin)  # [R, H + Hkv, hd]: q and k heads
+    qk = rotate(qkv_[:, : nq * a.head_dim].view(R, nq, a.head_dim), cos, sin, model.rope_half)  # [R, H + Hkv, hd]
     q, k = qk.split([a.n_head, a.n_kv_head], dim=1)  # [R, H, hd], [R, Hkv, hd]
     v = qkv_[:, nq * a.head_dim:].reshape(R, a.n_kv_head, a.head_dim)  # [R, Hkv, hd]
     return q, k, v
@@ -144,9 +155,9 @@ def qkv(model: Transformer, layer: int, x: Tensor, pos: Tensor) -> tuple[Tensor,
 def finish(model: Transformer, layer: int, x: Tensor, att: Tensor) -> Tensor:
     """The rest of block `layer`: output projection, residual, SwiGLU MLP, residual. att [R, H*hd]."""
     blk = model.layers[layer]
-    x = x + blk.attention.wo(att)  # [R, D]
-    gate, up = blk.feed_forward.w13(blk.ffn_norm(x)).chunk(2, dim=-1)  # [R, I] each
-    return x + blk.feed_forward.w2(F.silu(gate) * up)  # [R, D]
+    x = x + F.linear(att, blk.attention.wo.weight)  # [R, D]
+    gate, up = F.linear(blk.ffn_norm(x), blk.feed_forward.w13.weight).chunk(2, dim=-1)  # [R, I] each
+    return x + F.linear(F.silu(gate) * up, blk.feed_forward.w2.weight)  # [R, D]
 
 
 def head(model: Transformer, x: Tensor) -> Tensor:
@@ -252,6 +263,7 @@ def from_state(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32) ->
     if missing:
         raise ValueError(f"weights missing from the state dict: {missing[:3]}")
     model.rope_cos, model.rope_sin = rope_tables(a)
+    model.rope_half = rotate_half_matrix(a.head_dim)
     return model.to_dtype(dtype).eval().requires_grad_(False)
 
 

@@ -41,7 +41,7 @@ def prompts(tok):
         rows = load_prompts("humaneval", 2)
     except UserError as e:
         pytest.skip(str(e))
-    return [tok.encode(r["text"]) for r in rows]
+    return [tok.encode(r["text"])[:24] for r in rows]  # short prompts keep the float64 runs quick
 
 
 def test_cache_loads_and_tokenizer_round_trips(folder, tok):
@@ -65,7 +65,7 @@ def test_float64_every_policy_equals_transformers_generate(folder, prompts):
     from dexref.hf import hf_greedy, hf_model
     from dexref.model import load_cached
 
-    new = 10
+    new = 8
     model, _ = load_cached(folder, torch.float64)
     a = model.args
     hf = hf_model(a, load_file(str(folder / "model.safetensors")), torch.float64)
@@ -85,7 +85,7 @@ def test_batch_invariant_float32_states_are_bitwise_ar(folder, prompts):
     model, _ = load_cached(folder, torch.float32)
     a = model.args
     prompt = prompts[0]
-    new = 6
+    new = 5
     ar = generate(model, [prompt], make_policy("ar", a.n_layer), new, batch_invariant=True).outputs[0]
     cache, checked = {}, []
 
