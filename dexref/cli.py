@@ -11,6 +11,7 @@ import os
 import sys
 import time
 
+from dexsim.cli import run
 from dexsim.errors import UserError
 
 POLICY_NAMES = ("ar", "layerskip", "adaptive", "dex")
@@ -249,11 +250,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args) or 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
+    return run(build_parser, argv)

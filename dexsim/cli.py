@@ -35,12 +35,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def run(build, argv=None) -> int:
+    """Parse with the parser `build()` makes and run the chosen command; a UserError is one line on
+    stderr and exit status 2. Every CLI of the project (dexsim, dexref, viz) ends here."""
     try:
-        args = build_parser().parse_args(argv)
+        args = build().parse_args(argv)
         return args.func(args) or 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0
+
+
+def main(argv=None) -> int:
+    return run(build_parser, argv)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
+from dexsim.cli import run
 from dexsim.errors import UserError
 
 # Each module here has `register(subparsers)`, which adds its subcommand with a `func(args)`.
@@ -31,11 +31,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args) or 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:
-        return 0
+    return run(build_parser, argv)
