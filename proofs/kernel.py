@@ -66,18 +66,7 @@ def _solver(rlimit: int, quantified: bool) -> z3.Solver:
 def prove(group: str, name: str, hypotheses: list, goal_negation, *, explain: Callable | None = None,
           rlimit: int = PROOF_RLIMIT) -> Result:
     """`hypotheses => goal`, given `not goal` (already skolemized by the caller)."""
-    t = time.perf_counter()
-    s = _solver(rlimit, True)
-    s.add(*hypotheses)
-    s.add(goal_negation)
-    r = s.check()
-    dt = time.perf_counter() - t
-    if r == z3.unsat:
-        return Result(group, name, "unsat", "proved", dt)
-    if r == z3.sat:
-        detail = explain(s.model()) if explain else str(s.model())
-        return Result(group, name, "unsat", "counterexample", dt, detail)
-    return Result(group, name, "unsat", "unknown", dt, s.reason_unknown())
+    return Prover(hypotheses, rlimit).prove(group, name, goal_negation, explain=explain)
 
 
 class Prover:
