@@ -1,4 +1,4 @@
-"""`python -m dexref`: fetch a real model or prompt set, generate with any policy, record traces.
+"""`python -m dexref`: fetch a real model or prompt set, generate with any policy, record traces, train exits.
 
 A user error (unknown model, missing cache with no registry, bad prompt or flag) ends the command
 with one line on stderr and exit status 2, as in `python -m dexsim`.
@@ -10,12 +10,16 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 from dexsim.cli import run
 from dexsim.errors import UserError
 
 POLICY_NAMES = ("ar", "layerskip", "adaptive", "dex")
 DTYPES = ("float32", "float64")
+TRAIN_DEPTHS = "every:2"  # train-exits defaults: dexref/README.md has the measurements behind them
+DEFAULT_STEPS = 200
+DEFAULT_LR = 3e-3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -52,14 +56,37 @@ def add_policy_flags(p) -> None:
     p.add_argument("--priority", default="eager", help=f"dex: {', '.join(PRIORITIES)}")
 
 
-def policy_from_args(args, L: int):
-    from dexsim.replay import make_policy
+def add_heads_flag(p) -> None:
+    p.add_argument("--heads", default="lens",
+                   help="exit heads: lens (final norm + LM head at any depth) | trained:MANIFEST.json "
+                        "(adapters of `train-exits`; exits only at their depths and L)")
+
+
+def heads_from_args(args, model):
+    """None (the logit lens) or the trained exit heads of --heads, checked against the model."""
+    from .exits import resolve
+
+    return resolve(args.heads, model)
+
+
+def depths_from_args(spec: str, L: int, heads, flag: str):
+    """An exit-depth spec; with trained heads `all` means every trained depth and L."""
     from dexsim.synth import parse_depths
+
+    from .exits import check_exits, exit_depths
+
+    depths = exit_depths(heads, L) if spec == "all" else parse_depths(spec, L, flag=flag)
+    check_exits(heads, depths, L, flag=flag)
+    return depths
+
+
+def policy_from_args(args, L: int, heads=None):
+    from dexsim.replay import make_policy
 
     if args.policy not in POLICY_NAMES:
         hint = " (it needs hindsight: use `python -m dexsim replay` on a trace)" if args.policy == "oracle-select" else ""
         raise UserError(f"--policy {args.policy!r}: unknown{hint} (known: {', '.join(POLICY_NAMES)})")
-    exits = parse_depths(args.exits, L, flag="--exits")
+    exits = depths_from_args(args.exits, L, heads, "--exits")
     return make_policy(args.policy, L, exits=exits, explorers=args.explorers, buffer=args.buffer,
                        priority=args.priority, exit=args.exit, draft=args.draft, threshold=args.threshold)
 
@@ -132,18 +159,20 @@ def cmd_generate(args) -> int:
         raise UserError("the prompt is empty")
     sampling = sampling_from_args(args)
     model, tok, cfg = load_model(args)
-    policy = policy_from_args(args, model.args.n_layer)
+    heads = heads_from_args(args, model)
+    policy = policy_from_args(args, model.args.n_layer, heads)
     ids = tok.apply(text, args.template)
     check_prompts(model, [ids], args.max_new_tokens)
     eos = model.args.eos if model.args.eos >= 0 else None
     run = generate(model, [ids], policy, args.max_new_tokens, sampling=sampling, eos=eos,
-                   batch_invariant=args.batch_invariant, jump=args.jump)
+                   batch_invariant=args.batch_invariant, jump=args.jump, heads=heads)
     from dexsim.replay import policy_params
 
     # `tokens`: the generated ids; the lattice's own count of them is `committed`
     counters = run.counters()
     counters["committed"] = counters.pop("tokens")
-    out = {"model": args.model, "policy": policy.name, **policy_params(policy), "dtype": args.dtype,
+    out = {"model": args.model, "heads": "lens" if heads is None else heads.heads,
+           "policy": policy.name, **policy_params(policy), "dtype": args.dtype,
            "mode": "batch_invariant" if args.batch_invariant else "fast", "jump": args.jump,
            "sampling": sampling.meta(),
            "prompt_tokens": len(ids), **counters, "tokens": run.outputs[0],
@@ -163,7 +192,6 @@ def cmd_record(args) -> int:
     from tqdm import tqdm
 
     from dexsim.catalog import get_model
-    from dexsim.synth import parse_depths
 
     from . import record
     from .fetch import MODELS, load_prompts
@@ -177,7 +205,8 @@ def cmd_record(args) -> int:
         raise UserError(f"--out {args.out}: no such folder {out_dir}")
     sampling = sampling_from_args(args)
     model, tok, cfg = load_model(args)
-    depths = parse_depths(args.depths, model.args.n_layer, flag="--depths")
+    heads = heads_from_args(args, model)
+    depths = depths_from_args(args.depths, model.args.n_layer, heads, "--depths")
     rows = load_prompts(args.dataset, args.limit)
     prompts = [tok.apply(r["text"], args.template) for r in rows]
     from .engine import check_prompts
@@ -188,11 +217,13 @@ def cmd_record(args) -> int:
     with tqdm(total=len(prompts), desc="record", unit="prompt", file=sys.stderr, mininterval=1) as bar:
         arrays = record.record(model, prompts, max_new_tokens=args.max_new_tokens, depths=depths, eos=eos,
                                sampling=sampling, batch_invariant=not args.fast, batch=args.batch,
-                               progress=bar.update)
+                               progress=bar.update, heads=heads)
     params = {"model_source": cfg.get("source"), "gguf_sha256": cfg.get("gguf_sha256"), "dataset": args.dataset,
               "prompt_ids": [r["id"] for r in rows], "limit": args.limit, "max_new_tokens": args.max_new_tokens,
               "depths": args.depths, "dtype": args.dtype, "mode": "fast" if args.fast else "batch_invariant",
               "eos": eos, "wall_s": round(time.perf_counter() - t0, 1)}
+    if heads is not None:
+        params["heads"] = heads_provenance(heads, params["prompt_ids"])
     if args.model in MODELS:  # arch from the model catalog, as the cost model knows it
         catalog, arch = get_model(MODELS[args.model].catalog).name, None
     else:  # a model outside the catalog: its own arch
@@ -203,9 +234,126 @@ def cmd_record(args) -> int:
                     params=sum(p.numel() for p in model.parameters()), dtype=args.dtype)
     trace = record.save(arrays, args.out, catalog_name=catalog, dataset=args.dataset,
                         template=args.template, sampling=sampling, params=params, arch=arch,
-                        model_name=None if arch is None else args.model)
+                        model_name=None if arch is None else args.model,
+                        heads="lens" if heads is None else heads.heads)
     print(json.dumps({"out": args.out, "sequences": trace.n_seqs, "tokens": trace.n_tokens,
                       "sha256": trace.meta["sha256"], "wall_s": params["wall_s"]}))
+    return 0
+
+
+def heads_provenance(heads, prompt_ids: list[str]) -> dict:
+    """What a trace recorded with trained heads says about them: the manifest, its training data, and
+    whether the recorded prompts are held out from it (a warning on stderr when they are not)."""
+    m = heads.manifest
+    trained_on = {i for part in m["training"]["data"] for i in part["ids"]}
+    seen = sorted(trained_on & set(prompt_ids))
+    if seen:
+        print(f"warning: {len(seen)} recorded prompts (first {seen[0]}) are in the training data of {m['name']}",
+              file=sys.stderr)
+    return {"manifest": m["name"], "sha256": m["sha256"], "rank": m["rank"], "depths": m["depths"],
+            "trained_on": [f"{p['dataset']}[{p['slice']}]" for p in m["training"]["data"]],
+            "held_out": not seen}
+
+
+def parse_data(spec: str, flag: str = "--data") -> list[tuple[str, int | None, int | None]]:
+    """`set[start:stop],...` (Python slices of a prompt set in its own order; `set` alone = all of it)."""
+    from .fetch import DATASETS
+
+    out = []
+    for part in filter(None, (x.strip() for x in spec.split(","))):
+        name, _, rest = part.partition("[")
+        start = stop = None
+        if rest:
+            lo, colon, hi = rest.removesuffix("]").partition(":")
+            try:
+                if not rest.endswith("]") or not colon:
+                    raise ValueError
+                start, stop = (int(lo) if lo else None), (int(hi) if hi else None)
+            except ValueError:
+                raise UserError(f"{flag} {part!r}: expected SET or SET[START:STOP]") from None
+            if (start is not None and start < 0) or (stop is not None and stop < 0):
+                raise UserError(f"{flag} {part!r}: START and STOP must be >= 0")
+        if name not in DATASETS:
+            raise UserError(f"{flag} {part!r}: unknown prompt set {name!r} (known: {', '.join(sorted(DATASETS))})")
+        out.append((name, start, stop))
+    if not out:
+        raise UserError(f"{flag}: empty")
+    return out
+
+
+def data_prompts(spec: str, tok, template: str, flag: str) -> tuple[list[list[int]], list[dict]]:
+    """(token ids, [{dataset, slice, ids}]) of a --data spec."""
+    from .fetch import load_prompts
+
+    prompts, parts = [], []
+    for name, start, stop in parse_data(spec, flag):
+        rows = load_prompts(name, stop)[start:stop]
+        if not rows:
+            raise UserError(f"{flag}: {name}[{start or ''}:{stop or ''}] selects no prompts")
+        prompts += [tok.apply(r["text"], template) for r in rows]
+        parts.append({"dataset": name, "slice": f"{start or ''}:{'' if stop is None else stop}",
+                      "ids": [r["id"] for r in rows]})
+    return prompts, parts
+
+
+def cmd_train_exits(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from . import exits
+    from .engine import check_prompts
+
+    for flag, v in (("--rank", args.rank), ("--steps", args.steps), ("--batch", args.batch)):
+        if v < 1:
+            raise UserError(f"{flag} {v}: must be >= 1")
+    if not args.lr > 0:
+        raise UserError(f"--lr {args.lr}: must be a positive number")
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(out_dir):
+        raise UserError(f"--out {args.out}: no such folder {out_dir}")
+    if not args.out.endswith(".json"):
+        raise UserError(f"--out {args.out}: name the manifest, NAME.json (NAME.safetensors goes beside it)")
+    args.dtype = "float32"  # adapters train and are stored in float32
+    model, tok, cfg = load_model(args)
+    L = model.args.n_layer
+    depths = [d for d in depths_from_args(args.depths, L, None, "--depths").tolist() if d < L]
+    if not depths:
+        raise UserError(f"--depths {args.depths!r}: no depth below L = {L} (depth L has no adapter)")
+    prompts, parts = data_prompts(args.data, tok, args.template, "--data")
+    held = data_prompts(args.eval, tok, args.template, "--eval") if args.eval else None
+    if held:
+        overlap = {i for p in parts for i in p["ids"]} & {i for p in held[1] for i in p["ids"]}
+        if overlap:
+            raise UserError(f"--eval overlaps --data ({len(overlap)} prompts, e.g. {sorted(overlap)[0]}): "
+                            "evaluate on held-out prompts")
+    eos = model.args.eos if model.args.eos >= 0 else None
+    check_prompts(model, prompts, args.max_new_tokens)
+    bars = {"collect": tqdm(total=len(prompts), desc="collect", unit="prompt", file=sys.stderr, mininterval=1),
+            "train": tqdm(total=args.steps, desc="train", unit="step", file=sys.stderr, mininterval=1)}
+    torch.manual_seed(args.seed)
+    A, B, log = exits.train_exits(model, prompts, depths, rank=args.rank, steps=args.steps, batch=args.batch,
+                                  lr=args.lr, seed=args.seed, max_new_tokens=args.max_new_tokens, eos=eos,
+                                  progress=lambda phase, n: bars[phase].update(n))
+    for bar in bars.values():
+        bar.close()
+    training = {"data": parts, "template": args.template, "max_new_tokens": args.max_new_tokens,
+                "tokens": log.pop("tokens"), "objective": "KL(final-layer distribution || exit distribution)",
+                "steps": args.steps, "batch": args.batch, "lr": args.lr, "optimizer": "Adam, cosine decay to lr/10",
+                "seed": args.seed, "threads": torch.get_num_threads(), **log,
+                "model_source": cfg.get("source"), "gguf_sha256": cfg.get("gguf_sha256")}
+    manifest = exits.save(args.out, model, A, B, model_name=args.model, training=training)
+    out = {"out": args.out, "name": manifest["name"], "depths": depths, "rank": args.rank,
+           "params": manifest["params"], "tokens": training["tokens"], "collect_s": training["collect_s"],
+           "train_s": training["train_s"], "sha256": manifest["sha256"]}
+    if held:
+        adapters = exits.load(args.out, model)
+        with torch.inference_mode():
+            states, _ = exits.collect(model, held[0], max_new_tokens=args.max_new_tokens, eos=eos)
+        out["held_out"] = {"data": [f"{p['dataset']}[{p['slice']}]" for p in held[1]],
+                           "lens": exits.evaluate(model, states, None),
+                           "trained": exits.evaluate(model, states, adapters)}
+        Path(args.out).with_suffix(".eval.json").write_text(json.dumps(out["held_out"], indent=1) + "\n")
+    print(json.dumps(out))
     return 0
 
 
@@ -231,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute every node alone, bitwise equal to AR (slower)")
     p.add_argument("--jump", action="store_true",
                    help="let the core take quiet stretches of rounds in one step (same layers computed, less bookkeeping)")
+    add_heads_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_generate)
     sub._name_parser_map["run"] = p  # `run` is an alias of `generate`
@@ -244,8 +393,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=8, help="sequences decoded together")
     p.add_argument("--fast", action="store_true",
                    help="batched fast numerics instead of batch-invariant (states then differ from AR's in the last bits)")
+    add_heads_flag(p)
     p.add_argument("--out", required=True, help="trace file to write (.npz)")
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("train-exits", help="train exit adapters by self-distillation (frozen model), save them "
+                                            "as safetensors + a JSON manifest")
+    p.add_argument("--model", default="smollm2-135m", help="model whose exits to train (see `fetch`)")
+    p.add_argument("--template", default="raw", help="raw | chat: template of the training prompts")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--depths", default=TRAIN_DEPTHS, help=f"exit depths to train: all | every:N | d1,d2,... "
+                                                          f"(L has no adapter; default {TRAIN_DEPTHS})")
+    p.add_argument("--data", required=True, help="training prompts: SET[START:STOP],... over humaneval, mtbench, "
+                                                  "sharegpt (e.g. humaneval[12:60]); the model generates from them")
+    p.add_argument("--eval", default=None, help="held-out prompts (same syntax) to measure match rate and EAD on, "
+                                                 "lens vs trained; written to NAME.eval.json")
+    p.add_argument("--max-new-tokens", type=int, default=64, help="greedy tokens generated per prompt")
+    p.add_argument("--rank", type=int, default=64, help="adapter rank r (A [r, D], B [D, r] per depth)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
+    p.add_argument("--batch", type=int, default=256, help="positions per step")
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (cosine decay to a tenth)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch order")
+    p.add_argument("--out", required=True, help="manifest to write, NAME.json (NAME.safetensors beside it)")
+    p.set_defaults(func=cmd_train_exits)
     return parser
 
 

@@ -83,8 +83,9 @@ class TorchExecutor:
 
     def __init__(self, model: Transformer, prompts: list[list[int]], capacity: int, max_new_tokens: int,
                  sampling: Sampling = Sampling(), batch_invariant: bool = False,
-                 record_depths: np.ndarray | None = None, observe=None, jump: bool = False):
+                 record_depths: np.ndarray | None = None, observe=None, jump: bool = False, heads=None):
         self.can_jump = jump
+        self.heads = heads  # exits.Adapters (trained exit heads) or None (the logit lens)
         a = model.args
         self.observe = observe  # observe(lat, s, j, depth, states [R, D]) after each layer (tests)
         self.model, self.sampling, self.batch_invariant = model, sampling, batch_invariant
@@ -98,6 +99,7 @@ class TorchExecutor:
         self.h = torch.zeros(S, M, a.dim, dtype=dt)  # node hidden state at its current depth
         self.n_cached = np.zeros(S, np.int64)  # committed positions in the cache
         self.free = [list(range(M - 1, -1, -1)) for _ in range(S)]  # free pool slots
+        self.slot_of: list[dict[int, tuple[int, int]]] = [{} for _ in range(S)]  # node id -> (pool slot, pos)
         self.noise: dict[int, torch.Tensor] = {}  # position -> Gumbel noise
         # Recording: exit tokens and confidences of each pool slot at each recorded depth; committed
         # anchors' rows are appended per sequence.
@@ -122,15 +124,15 @@ class TorchExecutor:
         for si, ji in zip(s.tolist(), j.tolist()):
             p = self.free[si].pop()
             lat.tag[si, ji] = p
+            self.slot_of[si][int(lat.node_id[si, ji])] = (p, int(lat.pos[si, ji]))
             if self.rec_col is not None:
                 self.rec_tok[si, p], self.rec_conf[si, p] = -1, 0
         p = torch.from_numpy(lat.tag[s, j])
         self.h[torch.from_numpy(s), p] = embed(self.model, torch.from_numpy(lat.token[s, j]))
 
     def committed(self, lat, s, node_ids):
-        assert (lat.node_id[s, 0] == node_ids).all()
-        for si in s.tolist():
-            p, pos = int(lat.tag[si, 0]), int(lat.pos[si, 0])
+        for si, nid in zip(s.tolist(), node_ids.tolist()):
+            p, pos = self.slot_of[si].pop(nid)
             assert pos == self.n_cached[si], f"core committed position {pos}, the cache ends at {self.n_cached[si]}"
             self.k[:, si, :, pos] = self.pk[:, si, p]
             self.v[:, si, :, pos] = self.pv[:, si, p]
@@ -141,10 +143,8 @@ class TorchExecutor:
             self.free[si].append(p)
 
     def discarded(self, lat, s, node_ids):
-        live = lat.live()
         for si, nid in zip(s.tolist(), node_ids.tolist()):
-            j = int(np.flatnonzero((lat.node_id[si] == nid) & live[si])[0])
-            self.free[si].append(int(lat.tag[si, j]))
+            self.free[si].append(self.slot_of[si].pop(nid)[0])
 
     def compute(self, lat, s, j, layers):
         # One round per step of t (several when the core jumps: the same nodes then advance together,
@@ -169,15 +169,20 @@ class TorchExecutor:
     def read_exits(self, lat, s, j):
         p = lat.tag[s, j]
         x = self.h.view(-1, self.h.shape[-1]).index_select(0, torch.from_numpy(s * lat.M + p))  # [R, D]
+        d = lat.depth[s, j]
         if self.batch_invariant:
-            logits = torch.cat([head(self.model, x[r: r + 1]) for r in range(len(s))])
+            logits = torch.cat([head(self.model, self._adapt(x[r: r + 1], d[r: r + 1])) for r in range(len(s))])
         else:
-            logits = head(self.model, x)  # [R, V]
+            logits = head(self.model, self._adapt(x, d))  # [R, V]
         tok, conf = self.sample(logits, lat.pos[s, j] + 1)
         if self.rec_col is not None:
             c = self.rec_col[lat.depth[s, j]]
             self.rec_tok[s, p, c], self.rec_conf[s, p, c] = tok, conf
         return tok, conf
+
+    def _adapt(self, x, depths):
+        """The exit head's input: trained adapters change rows below L; depth-L rows are left as they are."""
+        return x if self.heads is None else self.heads.adapt(x, depths)
 
     # ------------------------------------------------------------------ computation
 
@@ -294,12 +299,23 @@ def check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: 
 @torch.inference_mode()
 def generate(model: Transformer, prompts: list[list[int]], policy, max_new_tokens: int, *,
              sampling: Sampling = Sampling(), eos: int | None = None, batch_invariant: bool = False,
-             record_depths=None, record_events: bool = False, observe=None, jump: bool = False) -> Run:
-    """Decode every prompt (as S sequences of one lattice) under `policy`; the core does the rest."""
+             record_depths=None, record_events: bool = False, observe=None, jump: bool = False,
+             heads=None) -> Run:
+    """Decode every prompt (as S sequences of one lattice) under `policy`; the core does the rest.
+    `heads`: trained exit heads (`exits.Adapters`) or None for the logit lens; with trained heads every
+    exit depth but L must have one."""
+    from .exits import check_exits
+
     check_prompts(model, prompts, max_new_tokens)
+    check_exits(heads, policy.exits, model.args.n_layer)
+    if record_depths is not None:
+        check_exits(heads, record_depths, model.args.n_layer, flag="--depths")
+    if heads is not None:
+        heads = heads.to(model.tok_embeddings.weight.dtype)
     t0 = time.perf_counter()
     M = policy.buffer + 1
-    ex = TorchExecutor(model, prompts, M, max_new_tokens, sampling, batch_invariant, record_depths, observe, jump)
+    ex = TorchExecutor(model, prompts, M, max_new_tokens, sampling, batch_invariant, record_depths, observe, jump,
+                       heads)
     lat = core.Lattice(L=model.args.n_layer, exits=policy.exits, capacity=M,
                        root_tokens=[p[-1] for p in prompts], root_pos=[len(p) - 1 for p in prompts],
                        max_tokens=np.full(len(prompts), max_new_tokens), eos=eos, record_events=record_events)

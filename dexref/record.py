@@ -21,15 +21,17 @@ def record_policy(L: int, depths) -> DEX:
 
 
 def record(model, prompts: list[list[int]], *, max_new_tokens: int, depths, eos: int | None,
-           sampling: Sampling = Sampling(), batch_invariant: bool = True, batch: int = 8, progress=None):
-    """Decode every prompt, `batch` sequences at a time; returns the trace arrays (no meta)."""
+           sampling: Sampling = Sampling(), batch_invariant: bool = True, batch: int = 8, progress=None,
+           heads=None):
+    """Decode every prompt, `batch` sequences at a time; returns the trace arrays (no meta). `heads`:
+    trained exit heads (`exits.Adapters`) or None for the logit lens."""
     L = model.args.n_layer
     depths = np.asarray(depths, np.int64)
     finals, toks, confs, lengths = [], [], [], []
     for i in range(0, len(prompts), batch):
         chunk = prompts[i: i + batch]
         run = generate(model, chunk, record_policy(L, depths), max_new_tokens, sampling=sampling, eos=eos,
-                       batch_invariant=batch_invariant, record_depths=depths)
+                       batch_invariant=batch_invariant, record_depths=depths, heads=heads)
         for s, out in enumerate(run.outputs):
             t, c = run.executor.recorded(s)
             assert t.shape == (len(out), len(depths)) and (t[:, -1] == out).all()
@@ -50,10 +52,10 @@ def record(model, prompts: list[list[int]], *, max_new_tokens: int, depths, eos:
 
 
 def save(arrays: dict, path: str, *, catalog_name: str, dataset: str, template: str, sampling: Sampling,
-         params: dict, arch: dict | None = None, model_name: str | None = None) -> Trace:
+         params: dict, arch: dict | None = None, model_name: str | None = None, heads: str = "lens") -> Trace:
     """Write the trace with complete meta. `arch` and `model_name` override the catalog's (for models
-    outside the catalog)."""
-    meta = make_meta(catalog_name, heads="lens", dataset=dataset, template=template, sampling=sampling.meta(),
+    outside the catalog); `heads` is "lens" or "trained:<manifest name>"."""
+    meta = make_meta(catalog_name, heads=heads, dataset=dataset, template=template, sampling=sampling.meta(),
                      synthetic=False, recorder={"tool": "dexref", "version": __version__, "params": params})
     if arch is not None:
         meta["arch"] = arch
