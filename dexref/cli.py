@@ -17,8 +17,8 @@ from dexsim.errors import UserError
 
 POLICY_NAMES = ("ar", "layerskip", "adaptive", "dex")
 DTYPES = ("float32", "float64")
-TRAIN_DEPTHS = "every:2"  # train-exits defaults: dexref/README.md has the measurements behind them
-DEFAULT_STEPS = 200
+TRAIN_DEPTHS = "every:3"  # train-exits defaults: dexref/README.md has the measurements behind them
+DEFAULT_STEPS = 60
 DEFAULT_LR = 3e-3
 
 
@@ -328,12 +328,19 @@ def cmd_train_exits(args) -> int:
                             "evaluate on held-out prompts")
     eos = model.args.eos if model.args.eos >= 0 else None
     check_prompts(model, prompts, args.max_new_tokens)
-    bars = {"collect": tqdm(total=len(prompts), desc="collect", unit="prompt", file=sys.stderr, mininterval=1),
-            "train": tqdm(total=args.steps, desc="train", unit="step", file=sys.stderr, mininterval=1)}
-    torch.manual_seed(args.seed)
+    totals, bars = {"collect": (len(prompts), "prompt"), "train": (args.steps, "step")}, {}
+
+    def progress(phase: str, n: int) -> None:  # one bar per phase, opened when the phase starts
+        if phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            total, unit = totals[phase]
+            bars[phase] = tqdm(total=total, desc=phase, unit=unit, file=sys.stderr, mininterval=1)
+        bars[phase].update(n)
+
     A, B, log = exits.train_exits(model, prompts, depths, rank=args.rank, steps=args.steps, batch=args.batch,
                                   lr=args.lr, seed=args.seed, max_new_tokens=args.max_new_tokens, eos=eos,
-                                  progress=lambda phase, n: bars[phase].update(n))
+                                  progress=progress)
     for bar in bars.values():
         bar.close()
     training = {"data": parts, "template": args.template, "max_new_tokens": args.max_new_tokens,
@@ -411,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=64, help="greedy tokens generated per prompt")
     p.add_argument("--rank", type=int, default=64, help="adapter rank r (A [r, D], B [D, r] per depth)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
-    p.add_argument("--batch", type=int, default=256, help="positions per step")
+    p.add_argument("--batch", type=int, default=128, help="positions per step")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (cosine decay to a tenth)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch order")
     p.add_argument("--out", required=True, help="manifest to write, NAME.json (NAME.safetensors beside it)")

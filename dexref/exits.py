@@ -393,7 +393,6 @@ def train_exits(model: Transformer, prompts: list[list[int]], depths, *, rank: i
                             progress=progress and (lambda k: progress("collect", k)))
     states = states.clone()  # an ordinary tensor (autograd may use it)
     t1 = time.perf_counter()
-    torch.manual_seed(seed)
     A, B, log = train(model, states, list(depths), rank=rank, steps=steps, batch=batch, lr=lr, seed=seed,
                       progress=progress and (lambda k: progress("train", k)))
     log.update(tokens=n, collect_s=round(t1 - t0, 1), train_s=round(time.perf_counter() - t1, 1))

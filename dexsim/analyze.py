@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 
+from .errors import UserError
 from .trace import Trace, load_trace
 
 
@@ -87,8 +88,50 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+def at_depths(trace: Trace, depths) -> Trace:
+    """The trace as if only `depths` (a subset of its own, with L) had been recorded."""
+    cols = np.searchsorted(trace.depths, depths)
+    return Trace(depths=trace.depths[cols], final=trace.final, exit_tokens=trace.exit_tokens[:, cols],
+                 exit_conf=trace.exit_conf[:, cols], seq_offsets=trace.seq_offsets, prompt_len=trace.prompt_len,
+                 meta=trace.meta, path=trace.path)
+
+
+def compare(a: Trace, b: Trace) -> dict:
+    """Two traces of the same generations (say lens and trained exit heads on the same prompts), side
+    by side at the depths both recorded: an EAD depends on the exit set, so only a common one compares.
+    `same_final` says whether the committed tokens agree, as they must when only the heads differ."""
+    if a.L != b.L:
+        raise UserError(f"--vs {b.path}: L = {b.L}, but {a.path} has L = {a.L}")
+    common = np.intersect1d(a.depths, b.depths)
+    same = (a.n_tokens == b.n_tokens and np.array_equal(a.seq_offsets, b.seq_offsets)
+            and bool((a.final == b.final).all()))
+    return {"depths": common.tolist(), "same_final": same,
+            "a": analyze(at_depths(a, common)), "b": analyze(at_depths(b, common))}
+
+
+def format_compare(r: dict) -> str:
+    a, b = r["a"], r["b"]
+    lines = [f"A  {a['trace']}: heads {a['heads']}, {a['n_tokens']} tokens",
+             f"B  {b['trace']}: heads {b['heads']}, {b['n_tokens']} tokens",
+             f"same final tokens: {'yes' if r['same_final'] else 'NO'}; compared at the {len(r['depths'])} "
+             f"depths both recorded", "",
+             f"{'':18}{'A':>9}{'B':>9}"]
+    for key, label in (("mean_ead", "mean EAD"), ("ceiling_ead", "L / mean EAD"),
+                       ("mean_stable_ead", "mean stable EAD"), ("ceiling_stable_ead", "L / stable EAD")):
+        lines.append(f"{label:<18}{a[key]:9.3f}{b[key]:9.3f}")
+    lines += ["", "depth  match A  match B"]
+    for d, ma, mb in zip(r["depths"], a["match_rate"], b["match_rate"]):
+        lines.append(f"{d:5d}  {ma:7.3f}  {mb:7.3f}")
+    return "\n".join(lines)
+
+
 def run(args) -> int:
-    result = analyze(load_trace(args.trace))
+    trace = load_trace(args.trace)
+    if args.vs:
+        result = compare(trace, load_trace(args.vs))
+        print(json.dumps(result, indent=2) if args.json else format_compare(result))
+        return 0
+    result = analyze(trace)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0
 
@@ -96,5 +139,7 @@ def run(args) -> int:
 def register(subparsers):
     p = subparsers.add_parser("analyze", help="depth statistics of a trace: match rates, EAD, speedup ceilings")
     p.add_argument("--trace", required=True, help="trace .npz")
+    p.add_argument("--vs", default=None, help="a second trace of the same prompts (e.g. trained exit heads): "
+                                              "both side by side at their common depths")
     p.add_argument("--json", action="store_true", help="print the full result as JSON")
     p.set_defaults(func=run)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -25,6 +25,9 @@ class ModelSpec:
     dtype: str
     bytes_per_weight: float
     source: str
+    # Weights one exit-head read adds before the shared head: 0 for the logit lens, an adapter's
+    # parameters with trained exit heads (`with_heads`, dexsim/data/exit_heads.json).
+    head_adapter_params: int = 0
 
     def arch(self) -> dict:
         """The `arch` object of a trace's meta (DESIGN.md section 5)."""
@@ -47,6 +50,40 @@ def get_model(name: str) -> ModelSpec:
     if name not in catalog:
         raise UserError(f"unknown model {name!r} (known: {', '.join(sorted(catalog))})")
     return catalog[name]
+
+
+# --- exit heads -------------------------------------------------------------------------------------
+
+LENS = "lens"
+TRAINED = "trained:"
+
+
+def exit_heads() -> dict[str, dict]:
+    """Trained exit heads by manifest name (`dexref train-exits`): their model, shape and parameters."""
+    return dict(_load("exit_heads.json"))
+
+
+def adapter_params(entry: dict, hidden: int) -> int:
+    """Parameters of one exit adapter of `entry`'s kind at width `hidden` (A [r, D] and B [D, r])."""
+    if entry["kind"] != "lowrank-residual":
+        raise UserError(f"exit_heads.json: unknown adapter kind {entry['kind']!r}")
+    return 2 * entry["rank"] * hidden
+
+
+def with_heads(model: ModelSpec, heads: str) -> ModelSpec:
+    """The model priced with a trace's exit heads (its meta `heads`): the lens as is; trained heads add
+    their adapter's parameters to every head read. On another model than the adapters' own (a replay
+    mapped by relative depth) the same adapter shape at that model's width is charged."""
+    if heads == LENS:
+        return model
+    name = heads.removeprefix(TRAINED)
+    known = exit_heads()
+    if not heads.startswith(TRAINED) or name not in known:
+        raise UserError(f"heads {heads!r}: unknown (lens, or trained:NAME with NAME in dexsim/data/exit_heads.json: "
+                        f"{', '.join(sorted(known))})")
+    entry = known[name]
+    params = entry["params_per_exit"] if entry["model"] == model.name else adapter_params(entry, model.hidden)
+    return replace(model, head_adapter_params=params)
 
 
 # --- GPUs -------------------------------------------------------------------------------------------

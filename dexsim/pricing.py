@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import cost
-from .catalog import ModelSpec, get_gpu, get_model
+from .catalog import ModelSpec, get_gpu, get_model, with_heads
 from .errors import UserError
 
 
@@ -56,13 +56,17 @@ def tally_of(lat, layer_loads=None, layer_rows=None) -> Tally:
 
 
 def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-             model_flag: str = "--model") -> tuple[ModelSpec, cost.Hardware]:
-    """Catalog model and checked hardware; an unknown name or a configuration that cannot run is a
-    UserError naming the flag."""
+             model_flag: str = "--model", heads: str = "lens") -> tuple[ModelSpec, cost.Hardware]:
+    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
+    unknown name or a configuration that cannot run is a UserError naming the flag."""
     try:
         model = get_model(model_name)
     except UserError as e:
         raise UserError(f"{model_flag}: {e}") from None
+    try:
+        model = with_heads(model, heads)
+    except UserError as e:
+        raise UserError(f"meta.heads: {e}") from None
     try:
         gpu = get_gpu(gpu_name)
     except UserError as e:

@@ -206,11 +206,11 @@ def _exit_set(spec: str, trace: Trace) -> tuple | None:
     return tuple(int(d) for d in depths) if np.isin(depths, trace.depths).all() else None
 
 
-def _hardware(model_name: str, hw_grid: list, notes: list) -> list:
+def _hardware(model_name: str, hw_grid: list, notes: list, heads: str = "lens") -> list:
     out = []
     for gpu, tp, pp, batch in hw_grid:
         try:
-            out.append(pricing.hardware(model_name, gpu, tp, pp, batch))
+            out.append(pricing.hardware(model_name, gpu, tp, pp, batch, heads=heads))
         except UserError as e:
             notes.append(f"skipped {model_name} on {gpu} tp={tp} pp={pp} batch={batch}: {e}")
     return out
@@ -317,7 +317,7 @@ def build_grid(args) -> Grid:
             model = None if model_arg == "trace" else model_arg
             trace, rescaled = prepared(path, args.max_tokens, model)
             name = trace.meta.get("model")
-            hardware = _hardware(name, hw_grid, notes)
+            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"])
             if not hardware:
                 continue
             base = Job(path, args.max_tokens, model, args.seed, per_layer, "ar", des_pps=des_pps)
