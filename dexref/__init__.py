@@ -5,7 +5,8 @@
   sampling, `generate`, and the AR recomputation for the batch-invariant check.
 - `dexref.fetch`: real models and prompt sets from the package registry, cached offline.
 - `dexref.record`: real depth traces in the dexsim format.
+- `dexref.exits`: trained exit heads (self-distilled low-rank adapters before the frozen head).
 - `dexref.hf`: the Hugging Face reference (tests and benchmark only).
-- `python -m dexref fetch | generate | record`.
+- `python -m dexref fetch | generate | record | train-exits`.
 """
 __version__ = "0.1.0"

@@ -222,3 +222,49 @@ def test_cli_train_bad_input(cache, capsys, extra):
         else:
             argv[j + 1] = extra[i + 1]
     fails(capsys, *argv)
+
+
+# ---------------------------------------------------------------------------- the real model
+
+ADAPTERS = "traces/adapters/smollm2-135m-exits-r64.json"
+
+
+@pytest.fixture(scope="module")
+def real():
+    """SmolLM2-135M in float64 and two short HumanEval prompts (skipped where the model cannot be had)."""
+    from pathlib import Path
+
+    from dexref.fetch import load_prompts, require_model
+    from dexref.model import load_cached
+    from dexref.tok import Tok
+
+    try:
+        folder = require_model("smollm2-135m")
+        rows = load_prompts("humaneval", 2)
+    except UserError as e:
+        pytest.skip(str(e))
+    model, _ = load_cached(folder, torch.float64)
+    tok = Tok(folder)
+    return model, folder, [tok.encode(r["text"])[:24] for r in rows], Path(__file__).resolve().parent.parent / ADAPTERS
+
+
+def test_real_model_committed_adapters_are_lossless(real):
+    """The committed adapters load onto the real model (fingerprint, sha256), and dex and adaptive with
+    them give transformers' greedy tokens in float64, as AR does."""
+    pytest.importorskip("transformers")
+    from safetensors.torch import load_file
+
+    from dexref.hf import hf_greedy, hf_model
+
+    model, folder, prompts, manifest = real
+    heads = exits.load(manifest, model)
+    a, new = model.args, 8
+    assert heads.depths == tuple(range(3, 30, 3)) and heads.heads == "trained:smollm2-135m-exits-r64"
+    hf = hf_model(a, load_file(str(folder / "model.safetensors")), torch.float64)
+    ref = [hf_greedy(hf, p, new, a.eos) for p in prompts]
+    del hf
+    every3 = exits.exit_depths(heads, a.n_layer)
+    for policy in (make_policy("dex", a.n_layer, exits=every3, explorers=4, buffer=6),
+                   make_policy("adaptive", a.n_layer, exits=every3, threshold=0.5, buffer=3)):
+        run = generate(model, prompts, policy, new, eos=a.eos, heads=heads)
+        assert run.outputs == ref, policy.name
