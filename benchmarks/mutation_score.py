@@ -33,7 +33,10 @@ def main():
     ap.add_argument("--sample", type=int, default=0, help="run only this many randomly chosen mutants")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "mutation")}
+    # The core's rules run as plain Python (NUMBA_DISABLE_JIT): a mutant must not wait for a compile,
+    # and mutmut's trampolines are Python. The hash's uint64 multiplies then warn as they wrap.
+    env = {**os.environ, "HYPOTHESIS_PROFILE": os.environ.get("HYPOTHESIS_PROFILE", "mutation"),
+           "NUMBA_DISABLE_JIT": "1", "PYTHONWARNINGS": "ignore::RuntimeWarning"}
     names = []
     if args.sample:
         # `mutmut run` with a name that matches nothing generates the mutants and runs none

@@ -4,24 +4,40 @@ This is the one implementation of the algorithm. The replay, the reference engin
 the proofs' conformance tests all run it. It never decides tokens: an `Executor` answers with exit
 tokens, a `Policy` (policies.py) chooses which node-layers run each round and what to expand.
 
-Layout. The core runs S independent sequences at once, structure-of-arrays: every node field is an
-[S, M] array, M = live-branch buffer + 1 node slots per sequence. Slot 0 is always the anchor and the
-live nodes of a sequence fill slots [0, n) in creation order, so a parent always sits before its
-children; a collapse compacts the survivors in place. A round is a few numpy operations over all S
-sequences, which is what makes replaying 100k-token traces fast; with S = 1 it is the plain algorithm.
+Layout. The core holds S independent sequences, structure-of-arrays: every node field is an [S, M]
+array, M = live-branch buffer + 1 node slots per sequence. Slot 0 is always the anchor and the live
+nodes of a sequence fill slots [0, n) in creation order, so a parent always sits before its
+children; a collapse compacts the survivors in place.
+
+Speed. Each transition is written once, for one sequence, as plain loops over its few slots, and
+compiled with numba (`NUMBA_DISABLE_JIT=1` runs the very same code as Python, for debugging and
+mutation testing). The `Lattice` methods apply them to many sequences and call the executor between
+them; an executor that is itself compiled (the trace replay) runs the same per-sequence transitions
+in one compiled loop (`replay.py`), never returning to Python between rounds.
+
+Executor hooks. A transition never calls Python: it notes what the executor must hear (a node
+spawned, an anchor committed, a node discarded) and `Lattice` tells the executor, in that order, once
+the transition is done. Hooks name nodes by id (a spawn by its final slot), so an executor keys its
+per-node state by node id; `tag` is its per-node field that moves with the node.
 
 Jumps. When a policy says its choice of node-layers holds for several rounds and no chosen node
 reaches an exit depth before then, the core takes those rounds in one step and updates the counters
 in closed form. Executors that must compute every layer (the torch engine) set `can_jump = False`.
+
+Event log. Events are kept per sequence in the order they happened; `events()` lists sequence 0's,
+then sequence 1's, and so on (sequences never interact, so this is one valid global order).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from numba import config, njit, types
+from numba.experimental import structref
 
 NO_TOKEN = -1
+FOREVER = np.iinfo(np.int64).max // 4
 
 # Event kinds of the event log.
 SPAWN, ADVANCE, EXIT, COMMIT, COLLAPSE, DISCARD = range(6)
@@ -31,6 +47,8 @@ EVENT_DTYPE = np.dtype([
     ("pos", "i8"), ("depth", "i2"), ("token", "i8"), ("n", "i8"), ("conf", "f4"),
 ])
 EVENTS_VERSION = 1
+# Executor hooks: (kind, seq, slot, node id), kind one of these.
+HOOK_SPAWNED, HOOK_COMMITTED, HOOK_DISCARDED = range(3)
 
 
 class Executor(Protocol):
@@ -51,6 +69,68 @@ class Executor(Protocol):
     # Optional: an executor that keeps per-node state (KV caches) may also define
     #   committed(lat, seqs, node_ids): these anchors' tokens were just committed (all L layers done);
     #   discarded(lat, seqs, node_ids): these nodes are gone (collapse, eviction or stop).
+    # By the time they are called the nodes may have left the lattice: key their state by node id.
+
+
+@structref.register
+class _StateType(types.StructRef):
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class State(structref.StructRefProxy):
+    """Everything the compiled transitions read and write (the arrays are `Lattice`'s own). One
+    reference, not a tuple of arrays: a call then passes one pointer, not dozens of arrays.
+
+    L, M; eos (NO_TOKEN: none); record (keep the event log);
+    is_exit [L+1] bool; next_exit [L+1]: the first exit depth above d; prev_exit [L+1]: the exit
+    depth below d (0: none);
+    per sequence [S]: n (live nodes, in slots [0, n)), next_id, round (the current round, from 0),
+    max_tokens, active;
+    per node [S, M]: token (the node's own), pos (its position in the sequence), depth (layers
+    computed, 0..L), parent (slot, -1 for the anchor), node_id (unique per sequence, never reused),
+    exit_token (the last exit token read), exit_conf (float32, its confidence), spawn_depth and
+    spawn_conf (the parent's depth and exit confidence when this node was spawned), guessed (has
+    expanded at least once: one-guess policies), tag (the executor's, moves with the node);
+    output [S, max tokens]: committed tokens;
+    counters [S]: tokens, rounds, node_layers, head_evals, weight_loads, wasted_node_layers,
+    fallbacks; load_rows [M+1] (weight loads shared by r node-layers), head_rows [M+1] (rounds that
+    read r exit heads), context [1] (sum over node-layers of the row's context length);
+    the event log: ev_int [capacity, 9] (EVENT_DTYPE's fields but conf), ev_conf [capacity], its first
+    n_events rows used; executor hooks: hooks [capacity, 4] (kind, seq, slot, node id), its first
+    n_hooks rows used, drained after each transition. Both grow by doubling."""
+
+
+_STATE_FIELDS = (
+    "L", "M", "eos", "record", "is_exit", "next_exit", "prev_exit",
+    "n", "next_id", "round", "max_tokens", "active",
+    "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth", "spawn_conf", "guessed",
+    "tag", "output",
+    "tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks",
+    "load_rows", "head_rows", "context", "ev_int", "ev_conf", "n_events", "hooks", "n_hooks",
+)
+
+
+class PlainStruct:
+    """What a StructRef proxy becomes under NUMBA_DISABLE_JIT=1 (the rules then run as plain
+    Python): the same fields, as attributes."""
+
+    fields: tuple = ()
+
+    def __init__(self, *values):
+        for k, v in zip(self.fields, values):
+            setattr(self, k, v)
+
+
+def define_struct(proxy, typ, fields):
+    """The proxy class for a StructRef type with these fields (a PlainStruct without numba)."""
+    if config.DISABLE_JIT:
+        return type(proxy.__name__, (PlainStruct,), {"fields": tuple(fields), "__doc__": proxy.__doc__})
+    structref.define_proxy(proxy, typ, list(fields))
+    return proxy
+
+
+State = define_struct(State, _StateType, _STATE_FIELDS)
 
 
 @dataclass
@@ -64,15 +144,13 @@ class Counters:
     weight_loads: np.ndarray
     wasted_node_layers: np.ndarray
     fallbacks: np.ndarray
-    load_rows: np.ndarray = field(default=None)  # [M+1]: weight loads shared by r node-layers
-    head_rows: np.ndarray = field(default=None)  # [M+1]: rounds that read r exit heads
-    context_sum: int = 0  # sum over node-layers of the row's context length (KV positions read)
+    load_rows: np.ndarray
+    head_rows: np.ndarray
+    context: np.ndarray
 
-    @classmethod
-    def zeros(cls, n_seqs: int, capacity: int) -> "Counters":
-        z = lambda: np.zeros(n_seqs, np.int64)  # noqa: E731
-        return cls(z(), z(), z(), z(), z(), z(), z(),
-                   np.zeros(capacity + 1, np.int64), np.zeros(capacity + 1, np.int64), 0)
+    @property
+    def context_sum(self) -> int:
+        return int(self.context[0])
 
     def totals(self) -> dict:
         names = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
@@ -85,41 +163,42 @@ class Lattice:
     def __init__(self, *, L: int, exits: np.ndarray, capacity: int, root_tokens, root_pos, max_tokens,
                  eos: int | None = None, record_events: bool = False):
         S, M = len(root_tokens), capacity
+        is_exit = np.zeros(L + 1, bool)
+        is_exit[np.asarray(exits)] = True
+        is_exit[L] = True  # E always holds L: the final token is the only one ever committed
+        next_exit = np.array([d + 1 + np.argmax(is_exit[d + 1:]) for d in range(L)] + [L])
+        prev_exit = np.array([max([e for e in range(1, d) if is_exit[e]], default=0) for d in range(L + 1)])
+        max_tokens = np.asarray(max_tokens, np.int64)
+        full = lambda v, dt=np.int64: np.full((S, M), v, dt)  # noqa: E731
+        zeros = lambda: np.zeros(S, np.int64)  # noqa: E731
+        f = dict(
+            L=L, M=M, eos=NO_TOKEN if eos is None else int(eos), record=bool(record_events),
+            is_exit=is_exit, next_exit=next_exit, prev_exit=prev_exit,
+            n=np.ones(S, np.int64), next_id=np.ones(S, np.int64), round=zeros(),
+            max_tokens=max_tokens, active=max_tokens > 0,
+            token=full(NO_TOKEN), pos=full(0), depth=full(0), parent=full(-1), node_id=full(0),
+            exit_token=full(NO_TOKEN), exit_conf=full(0, np.float32), spawn_depth=full(0),
+            spawn_conf=full(0, np.float32), guessed=full(False, bool), tag=full(0),
+            output=np.full((S, int(max_tokens.max(initial=0))), NO_TOKEN, np.int64),
+            tokens=zeros(), rounds=zeros(), node_layers=zeros(), head_evals=zeros(), weight_loads=zeros(),
+            wasted_node_layers=zeros(), fallbacks=zeros(),
+            load_rows=np.zeros(M + 1, np.int64), head_rows=np.zeros(M + 1, np.int64),
+            context=np.zeros(1, np.int64), ev_int=np.zeros((64 if record_events else 0, 9), np.int64),
+            ev_conf=np.zeros(64 if record_events else 0), n_events=0, hooks=np.zeros((64, 4), np.int64), n_hooks=0)
+        f["token"][:, 0] = root_tokens
+        f["pos"][:, 0] = root_pos
+        self.st = State(*(f[k] for k in _STATE_FIELDS))
         self.L, self.S, self.M, self.eos = L, S, M, eos
-        self.is_exit = np.zeros(L + 1, bool)
-        self.is_exit[np.asarray(exits)] = True
-        self.is_exit[L] = True  # E always holds L: the final token is the only one ever committed
-        # next_exit[d]: the first exit depth above d, for jumps.
-        self.next_exit = np.array([d + 1 + np.argmax(self.is_exit[d + 1:]) for d in range(L)] + [L])
-        # prev_exit[d]: the exit depth below d a node read last (0: none), for off-path replay.
-        self.prev_exit = np.array([max([e for e in range(1, d) if self.is_exit[e]], default=0) for d in range(L + 1)])
-
-        shape = (S, M)
-        self.n = np.ones(S, np.int64)  # live nodes per sequence, in slots [0, n)
-        self.token = np.full(shape, NO_TOKEN, np.int64)  # the node's own token
-        self.pos = np.zeros(shape, np.int64)  # position of that token in the sequence
-        self.depth = np.zeros(shape, np.int64)  # layers computed, 0..L
-        self.parent = np.full(shape, -1, np.int64)  # parent slot, -1 for the anchor
-        self.node_id = np.zeros(shape, np.int64)  # unique per sequence, never reused
-        self.exit_token = np.full(shape, NO_TOKEN, np.int64)  # last exit token read
-        self.exit_conf = np.zeros(shape, np.float32)  # its confidence
-        self.spawn_depth = np.zeros(shape, np.int64)  # parent's depth when this node was spawned
-        self.spawn_conf = np.zeros(shape, np.float32)  # parent's exit confidence then
-        self.guessed = np.zeros(shape, bool)  # has expanded at least once (one-guess policies)
-        self.tag = np.zeros(shape, np.int64)  # the executor's own per-node state (moves with the node)
-
-        self.token[:, 0] = root_tokens
-        self.pos[:, 0] = root_pos
-        self.next_id = np.ones(S, np.int64)
-        self.round = np.zeros(S, np.int64)  # the current round of each sequence, from 0
-        self.max_tokens = np.asarray(max_tokens, np.int64)
-        self.active = self.max_tokens > 0
-        self.output = np.full((S, int(self.max_tokens.max(initial=0))), NO_TOKEN, np.int64)
-        self.counters = Counters.zeros(S, M)
+        for name in ("is_exit", "next_exit", "prev_exit", "n", "next_id", "round", "max_tokens", "active",
+                     "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth",
+                     "spawn_conf", "guessed", "tag", "output"):
+            setattr(self, name, f[name])  # the same arrays the compiled rules write
+        self.counters = Counters(*(f[k] for k in ("tokens", "rounds", "node_layers", "head_evals", "weight_loads",
+                                                   "wasted_node_layers", "fallbacks", "load_rows", "head_rows",
+                                                   "context")))
         self.record_events = record_events
-        self._events: list[np.ndarray] = []
-        self._on_commit = self._on_discard = None  # the executor's optional hooks, set by start()
-        self._log(SPAWN, np.arange(S), np.zeros(S, np.int64))
+        self._executor = None  # whom the hooks go to, set by start()
+        _log_roots(self.st)
 
     # ------------------------------------------------------------------ queries
 
@@ -132,8 +211,16 @@ class Lattice:
         return self.n - 1
 
     def events(self) -> np.ndarray:
-        """The event log so far, a structured array of EVENT_DTYPE, in the order things happened."""
-        return np.concatenate(self._events) if self._events else np.zeros(0, EVENT_DTYPE)
+        """The event log so far, a structured array of EVENT_DTYPE: each sequence's events in the
+        order they happened, sequence by sequence."""
+        ints, conf = _event_log(self.st)
+        out = np.zeros(len(conf), EVENT_DTYPE)
+        if len(conf):
+            for i, name in enumerate(EVENT_DTYPE.names[:-1]):
+                out[name] = ints[:, i]
+            out["conf"] = conf
+            out = out[np.argsort(out["seq"], kind="stable")]
+        return out
 
     def tree(self, s: int) -> list[dict]:
         """The live lattice of sequence s as plain records (for tests, viz and debugging)."""
@@ -142,237 +229,415 @@ class Lattice:
                      token=int(self.token[s, j]), pos=int(self.pos[s, j]), depth=int(self.depth[s, j]))
                 for j in range(self.n[s])]
 
-    # ------------------------------------------------------------------ event log
-
-    def _log(self, kind, s, j, *, token=None, n=None, depth=None, conf=None, node=None, parent=None):
-        if not self.record_events or len(s) == 0:
-            return
-        e = np.zeros(len(s), EVENT_DTYPE)
-        e["kind"], e["seq"], e["round"] = kind, s, self.round[s]
-        e["node"] = self.node_id[s, j] if node is None else node
-        if parent is None:
-            pj = self.parent[s, j]
-            e["parent"] = np.where(pj >= 0, self.node_id[s, np.maximum(pj, 0)], -1)
-        else:
-            e["parent"] = parent
-        e["pos"] = self.pos[s, j]
-        e["depth"] = self.depth[s, j] if depth is None else depth
-        e["token"] = self.token[s, j] if token is None else token
-        e["n"] = 0 if n is None else n
-        e["conf"] = 0 if conf is None else conf
-        self._events.append(e)
-
-    # ------------------------------------------------------------------ transitions
+    # ------------------------------------------------------------------ transitions, many sequences
 
     def advance(self, executor: Executor, chosen: np.ndarray, rounds: np.ndarray) -> None:
         """Every chosen node computes `rounds[s]` more layers, one per round (they are all legal
         and none reaches an exit depth before the last of them: the caller checked)."""
         s, j = np.nonzero(chosen)
-        m = rounds[s]
-        executor.compute(self, s, j, m)
-        self._log(ADVANCE, s, j, n=m)
-        c = self.counters
-        act = chosen.any(1)
-        c.rounds += np.where(act, rounds, 0)
-        c.node_layers += np.bincount(s, weights=m, minlength=self.S).astype(np.int64)
-        c.context_sum += int(((self.pos[s, j] + 1) * m).sum())
-        # One weight load per distinct (sequence, layer) in a round; its rows share it.
-        layer = np.where(chosen, self.depth, -1)
-        layer.sort(axis=1)
-        starts = (layer >= 0) & np.c_[np.ones(self.S, bool), layer[:, 1:] != layer[:, :-1]]
-        loads = starts.sum(1)
-        c.weight_loads += loads * rounds
-        rows = np.diff(np.r_[np.flatnonzero(starts[layer >= 0]), len(s)])  # run lengths, row-major
-        c.load_rows += np.bincount(rows, weights=np.repeat(rounds, loads), minlength=self.M + 1).astype(np.int64)
-        self.depth[s, j] += m
-        self.round += np.where(act, rounds - 1, 0)  # what follows happens in the last of these rounds
+        executor.compute(self, s, j, rounds[s])
+        _advance_all(self.st, chosen, rounds)
 
     def read_exits(self, executor: Executor, chosen: np.ndarray):
         """Exit tokens of the chosen nodes that now sit at an exit depth. Returns (s, j, tok, conf)."""
-        at_exit = chosen & self.is_exit[self.depth]
-        s, j = np.nonzero(at_exit)
+        s, j = np.nonzero(chosen & self.is_exit[self.depth])
         if len(s) == 0:
             return s, j, s, np.zeros(0, np.float32)
         tok, conf = executor.read_exits(self, s, j)
-        self.exit_token[s, j], self.exit_conf[s, j] = tok, conf
-        self._log(EXIT, s, j, token=tok, conf=conf)
-        per_seq = np.bincount(s, minlength=self.S)
-        self.counters.head_evals += per_seq
-        self.counters.head_rows += np.bincount(per_seq[per_seq > 0], minlength=self.M + 1)
+        tok, conf = np.asarray(tok, np.int64), np.asarray(conf, np.float32)
+        _store_exits(self.st, s, j, tok, conf)
         return s, j, tok, conf
 
     def expand(self, executor: Executor, s: np.ndarray, j: np.ndarray, tok: np.ndarray, buffer: int,
                evict: bool = False) -> None:
-        """Give node (s, j) a child with token `tok`, unless a sibling already has that token or the
-        sequence already holds `buffer` live branches. With `evict`, a full buffer makes room by
-        discarding the leaf branch spawned at the shallowest depth, if that is shallower than the new
-        guess (a deeper exit is likelier right). Requests are served in slot order; `s` must be sorted
-        (as np.nonzero gives it). One request per node, so new children never collide."""
-        dup = ((self.parent[s] == j[:, None]) & (self.token[s] == tok[:, None])
-               & (np.arange(self.M)[None, :] < self.n[s, None])).any(1)
-        s, j, tok = s[~dup], j[~dup], tok[~dup]
-        if len(s) == 0:
-            return
-        ok = self.n[s] - 1 + _rank_within(s) < buffer
-        if evict and not ok.all():
-            j, ok = self._make_room(s, j, ok)
-            s, j, tok = s[ok], j[ok], tok[ok]
-            ok = np.ones(len(s), bool)
-        rank = _rank_within(s)
-        s, j, tok, c = s[ok], j[ok], tok[ok], (self.n[s] + rank)[ok]
-        self.token[s, c] = tok
-        self.pos[s, c] = self.pos[s, j] + 1
-        self.depth[s, c] = 0
-        self.parent[s, c] = j
-        self.node_id[s, c] = self.next_id[s] + rank[ok]
-        self.exit_token[s, c] = NO_TOKEN
-        self.exit_conf[s, c] = 0
-        self.spawn_depth[s, c] = self.depth[s, j]
-        self.spawn_conf[s, c] = self.exit_conf[s, j]
-        self.guessed[s, c] = False
-        self.guessed[s, j] = True
-        added = np.bincount(s, minlength=self.S)
-        self.n += added
-        self.next_id += added
-        executor.spawned(self, s, c)
-        self._log(SPAWN, s, c, n=self.spawn_depth[s, c])
-
-    def _make_room(self, s, j, fits):
-        """Evictions for the requests that do not fit: the r-th such request of a sequence may evict
-        the r-th shallowest-spawned leaf branch (a leaf that is not itself asking for a child), if it
-        was spawned shallower than the requester's depth now. Compacts once. Returns the requests'
-        parent slots (re-indexed by the evictions) and which of them can be served."""
-        served = fits.copy()
-        idx = np.flatnonzero(~fits)
-        ws, wj = s[idx], j[idx]
-        seqs = np.unique(ws)
-        slots = np.arange(self.M)[None, :]
-        rows = np.arange(len(seqs))[:, None]
-        live = slots < self.n[seqs, None]
-        blocked = np.zeros((len(seqs), self.M + 1), bool)  # parents and requesters are not leaves
-        blocked[rows, np.where(live & (slots > 0), self.parent[seqs], self.M)] = True
-        r = np.minimum(np.searchsorted(seqs, s), len(seqs) - 1)
-        mine = seqs[r] == s
-        blocked[r[mine], j[mine]] = True
-        key = np.where(live & ~blocked[:, : self.M] & (slots > 0), self.spawn_depth[seqs], FOREVER)
-        order = np.argsort(key, axis=1, kind="stable")
-        row, nth = np.searchsorted(seqs, ws), _rank_within(ws)
-        victim = order[row, nth]
-        can = key[row, victim] < self.depth[ws, wj]
-        served[idx[can]] = True
-        gone = np.zeros((len(seqs), self.M), bool)
-        gone[row[can], victim[can]] = True
-        hit = gone.any(1)
-        if hit.any():
-            es, keep = seqs[hit], live[hit] & ~gone[hit]
-            newidx = np.zeros((self.S, self.M), np.int64)
-            newidx[es] = np.cumsum(keep, axis=1) - 1
-            moved = np.zeros(self.S, bool)
-            moved[es] = True
-            self._discard(es, gone[hit])
-            self._compact(es, keep)
-            j = np.where(moved[s], newidx[s, j], j)
-        return j, served
+        """Give node (s, j) a child with token `tok` (see `expand_seq`). `s` must be sorted (as
+        np.nonzero gives it); one request per node."""
+        if len(s):
+            _expand_all(self.st, np.asarray(s, np.int64), np.asarray(j, np.int64), np.asarray(tok, np.int64),
+                        buffer, evict)
+            self._tell(executor)
 
     def commit(self, executor: Executor) -> None:
-        """While an anchor sits at depth L: commit its final token, collapse to the matching child
-        (or fall back to a fresh node), stop the sequence at its limit or EOS."""
-        while True:
-            s = np.nonzero(self.active & (self.depth[:, 0] == self.L))[0]
-            if len(s) == 0:
-                return
-            c = self.counters
-            y = self.exit_token[s, 0]
-            self._log(COMMIT, s, np.zeros(len(s), np.int64), token=y)
-            self.output[s, c.tokens[s]] = y
-            if self._on_commit is not None:
-                self._on_commit(self, s, self.node_id[s, 0])
-            c.tokens[s] += 1
-            live = np.arange(self.M)[None, :] < self.n[s, None]
-            match = (self.parent[s] == 0) & (self.token[s] == y[:, None]) & live
-            has_child = match.any(1)
-            child = np.where(has_child, match.argmax(1), 0)
-            # keep = the matching child and its subtree; slots are in topological order.
-            keep = np.zeros((len(s), self.M), bool)
-            keep[has_child, child[has_child]] = True
-            for k in range(1, self.M):
-                keep[:, k] |= keep[np.arange(len(s)), np.maximum(self.parent[s, k], 0)] & (self.parent[s, k] >= 0)
-            keep &= live  # a dead slot keeps a stale parent index: it must not come back
-            gone = live & ~keep
-            gone[:, 0] = False  # the old anchor is committed work, not waste
-            self._discard(s, gone)
-            c.fallbacks[s] += ~has_child
-            old_anchor_id = self.node_id[s, 0].copy()
-            old_anchor_pos = self.pos[s, 0].copy()
-            self._compact(s, keep)
-            fb = s[~has_child]
-            if len(fb):  # fallback: a fresh anchor for the committed token
-                self._reset_root(fb, y[~has_child], old_anchor_pos[~has_child] + 1)
-                executor.spawned(self, fb, np.zeros(len(fb), np.int64))
-                self._log(SPAWN, fb, np.zeros(len(fb), np.int64), parent=old_anchor_id[~has_child])
-            self._log(COLLAPSE, s, np.zeros(len(s), np.int64), n=gone.sum(1), parent=old_anchor_id)
-            done = c.tokens[s] >= self.max_tokens[s]
-            if self.eos is not None:
-                done |= y == self.eos
-            self.stop(s[done])
+        """Commit every anchor at depth L (see `commit_seq`)."""
+        _commit_all(self.st)
+        self._tell(executor)
 
     def stop(self, s: np.ndarray) -> None:
         """End these sequences: whatever is still in their lattice is discarded as waste."""
-        if len(s) == 0:
+        for q in np.asarray(s).tolist():
+            stop_seq(self.st, q)
+        self._tell(self._executor)
+
+    def _tell(self, executor) -> None:
+        """Pass the hooks noted by the last transition to the executor. Each sequence's hooks keep
+        their order; sequences are independent, so the r-th run of one kind of every sequence goes
+        in one call (a handful of calls however many sequences)."""
+        h = _take_hooks(self.st)  # [n, 4]: kind, seq, slot, node id
+        if not len(h) or executor is None:
             return
-        live = np.arange(self.M)[None, :] < self.n[s, None]
-        self._discard(s, live)
-        self.n[s] = 0
-        self.active[s] = False
-
-    def _discard(self, s: np.ndarray, mask: np.ndarray) -> None:
-        self.counters.wasted_node_layers[s] += (self.depth[s] * mask).sum(1)
-        rs, rj = np.nonzero(mask)
-        self._log(DISCARD, s[rs], rj)
-        if self._on_discard is not None and len(rs):
-            self._on_discard(self, s[rs], self.node_id[s[rs], rj])
-
-    def _compact(self, s: np.ndarray, keep: np.ndarray) -> None:
-        """Move the kept slots of sequences s to the front, in order; the first becomes the anchor."""
-        perm = np.argsort(~keep, axis=1, kind="stable")  # [len(s), M]
-        newidx = np.cumsum(keep, axis=1) - 1  # old slot -> new slot, where kept
-        rows = s[:, None]
-        for a in ("token", "pos", "depth", "node_id", "exit_token", "exit_conf",
-                  "spawn_depth", "spawn_conf", "guessed", "tag", "parent"):
-            arr = getattr(self, a)
-            arr[rows, np.arange(self.M)] = arr[rows, perm]
-        par = self.parent[s]
-        self.parent[s] = np.where(par >= 0, np.take_along_axis(newidx, np.maximum(par, 0), 1), -1)
-        self.parent[s, 0] = -1
-        self.n[s] = keep.sum(1)
-
-    def _reset_root(self, s: np.ndarray, tokens: np.ndarray, pos: np.ndarray) -> None:
-        self.pos[s, 0] = pos
-        self.token[s, 0] = tokens
-        self.depth[s, 0] = 0
-        self.parent[s, 0] = -1
-        self.node_id[s, 0] = self.next_id[s]
-        self.next_id[s] += 1
-        self.exit_token[s, 0] = NO_TOKEN
-        self.exit_conf[s, 0] = 0
-        self.spawn_depth[s, 0] = 0
-        self.spawn_conf[s, 0] = 0
-        self.guessed[s, 0] = False
-        self.n[s] = 1
+        h = h[np.argsort(h[:, 1], kind="stable")]
+        kind, seq = h[:, 0], h[:, 1]
+        first = np.r_[True, seq[1:] != seq[:-1]]
+        runs = np.cumsum(first | np.r_[True, kind[1:] != kind[:-1]])
+        run = runs - np.maximum.accumulate(np.where(first, runs, 0))  # the run's rank in its sequence
+        order = np.lexsort((kind, run))
+        h, run = h[order], run[order]
+        cut = np.flatnonzero((np.diff(h[:, 0]) != 0) | (np.diff(run) != 0)) + 1
+        for part in np.split(h, cut):
+            s = part[:, 1]
+            if part[0, 0] == HOOK_SPAWNED:
+                executor.spawned(self, s, part[:, 2])
+            else:
+                fn = getattr(executor, "committed" if part[0, 0] == HOOK_COMMITTED else "discarded", None)
+                if fn is not None:
+                    fn(self, s, part[:, 3])
 
 
-FOREVER = np.iinfo(np.int64).max // 4
+# --------------------------------------------------------------------------- the transitions, compiled
+
+@njit(cache=True)
+def _log(st, kind, s, j, token, depth, n, conf, node, parent):
+    if st.record:
+        i = st.n_events
+        if i == len(st.ev_conf):
+            st.ev_int = _grown(st.ev_int)
+            st.ev_conf = _grown(st.ev_conf)
+        e = st.ev_int[i]
+        e[0], e[1], e[2], e[3], e[4] = kind, s, st.round[s], node, parent
+        e[5], e[6], e[7], e[8] = st.pos[s, j], depth, token, n
+        st.ev_conf[i] = conf
+        st.n_events = i + 1
 
 
-def _rank_within(s: np.ndarray) -> np.ndarray:
-    """For sorted sequence indices s, each entry's rank among the entries of its sequence."""
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
-    return np.arange(len(s)) - np.repeat(starts, np.diff(np.r_[starts, len(s)]))
+@njit(cache=True)
+def _hook(st, kind, s, j):
+    """Note that the executor must hear of node (s, j): spawned, committed or discarded."""
+    i = st.n_hooks
+    if i == len(st.hooks):
+        st.hooks = _grown(st.hooks)
+    h = st.hooks[i]
+    h[0], h[1], h[2], h[3] = kind, s, j, st.node_id[s, j]
+    st.n_hooks = i + 1
 
+
+@njit(cache=True)
+def _take_hooks(st):
+    """The hooks noted so far, in order; the list is then empty."""
+    out = st.hooks[: st.n_hooks].copy()
+    st.n_hooks = 0
+    return out
+
+
+@njit(cache=True)
+def _event_log(st):
+    return st.ev_int[: st.n_events], st.ev_conf[: st.n_events]
+
+
+@njit(cache=True)
+def _grown(a):
+    """`a` with twice the rows (at least 64), the old ones copied."""
+    out = np.zeros((max(2 * len(a), 64),) + a.shape[1:], a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+@njit(cache=True)
+def _log_node(st, kind, s, j, n):
+    """An event about node (s, j) as it stands."""
+    p = st.parent[s, j]
+    _log(st, kind, s, j, st.token[s, j], st.depth[s, j], n, 0.0, st.node_id[s, j],
+         st.node_id[s, p] if p >= 0 else -1)
+
+
+@njit(cache=True)
+def _log_roots(st):
+    for s in range(len(st.n)):
+        _log_node(st, SPAWN, s, 0, 0)
+
+
+@njit(cache=True)
+def advance_seq(st, s, chosen, m):
+    """The chosen nodes of sequence s (a [M] mask) each compute m more layers, one per round."""
+    k = 0
+    for j in range(st.M):
+        if chosen[j]:
+            _log_node(st, ADVANCE, s, j, m)
+            st.context[0] += (st.pos[s, j] + 1) * m
+            k += 1
+    if k == 0:
+        return
+    st.rounds[s] += m
+    st.node_layers[s] += k * m
+    for j in range(st.M):  # one weight load per distinct layer in a round; its rows share it
+        if chosen[j] and _first_at_depth(st, s, chosen, j):
+            rows = 0
+            for i in range(j, st.M):
+                rows += chosen[i] and st.depth[s, i] == st.depth[s, j]
+            st.weight_loads[s] += m
+            st.load_rows[rows] += m
+    for j in range(st.M):
+        if chosen[j]:
+            st.depth[s, j] += m
+    st.round[s] += m - 1  # what follows happens in the last of these rounds
+
+
+@njit(cache=True)
+def _first_at_depth(st, s, chosen, j):
+    """Is j the first chosen slot of sequence s at its depth?"""
+    for i in range(j):
+        if chosen[i] and st.depth[s, i] == st.depth[s, j]:
+            return False
+    return True
+
+
+@njit(cache=True)
+def store_exit(st, s, j, tok, conf):
+    st.exit_token[s, j] = tok
+    st.exit_conf[s, j] = conf
+    _log(st, EXIT, s, j, tok, st.depth[s, j], 0, st.exit_conf[s, j], st.node_id[s, j],
+         st.node_id[s, st.parent[s, j]] if st.parent[s, j] >= 0 else -1)
+    st.head_evals[s] += 1
+
+
+@njit(cache=True)
+def count_heads(st, k):
+    """A round of one sequence read k exit heads."""
+    if k > 0:
+        st.head_rows[k] += 1
+
+
+@njit(cache=True)
+def expand_seq(st, s, js, toks, buffer, evict):
+    """Give node (s, js[r]) a child with token toks[r], in request order, unless a sibling already
+    has that token or the sequence already holds `buffer` live branches. With `evict`, a full buffer
+    makes room by discarding the leaf branch spawned at the shallowest depth, if that is shallower
+    than the new guess (a deeper exit is likelier right): the r-th waiting request may evict the
+    r-th shallowest-spawned leaf (a leaf that is not itself asking for a child), ties oldest first.
+    One request per node, so new children never collide."""
+    n = st.n[s]
+    R = 0
+    js = js.copy()
+    toks = toks.copy()
+    for r in range(len(js)):  # drop duplicates of a live sibling
+        dup = False
+        for c in range(1, n):
+            if st.parent[s, c] == js[r] and st.token[s, c] == toks[r]:
+                dup = True
+        if not dup:
+            js[R], toks[R] = js[r], toks[r]
+            R += 1
+    if R == 0:
+        return
+    js, toks = js[:R], toks[:R]
+    served = np.empty(R, np.bool_)
+    for r in range(R):
+        served[r] = n - 1 + r < buffer
+    if evict and not served.all():
+        _make_room(st, s, js, served)
+    c = st.n[s]
+    for r in range(R):
+        if served[r]:
+            j = js[r]
+            st.token[s, c] = toks[r]
+            st.pos[s, c] = st.pos[s, j] + 1
+            st.depth[s, c] = 0
+            st.parent[s, c] = j
+            st.node_id[s, c] = st.next_id[s]
+            st.next_id[s] += 1
+            st.exit_token[s, c] = NO_TOKEN
+            st.exit_conf[s, c] = 0
+            st.spawn_depth[s, c] = st.depth[s, j]
+            st.spawn_conf[s, c] = st.exit_conf[s, j]
+            st.guessed[s, c] = False
+            st.guessed[s, j] = True
+            c += 1
+    for i in range(st.n[s], c):
+        _hook(st, HOOK_SPAWNED, s, i)
+        _log_node(st, SPAWN, s, i, st.spawn_depth[s, i])
+    st.n[s] = c
+
+
+@njit(cache=True)
+def _make_room(st, s, js, served):
+    """Evict for the requests not served (see expand_seq); re-index js past the evictions."""
+    n = st.n[s]
+    blocked = np.zeros(st.M, np.bool_)  # parents and requesters are not leaves
+    for c in range(1, n):
+        blocked[st.parent[s, c]] = True
+    for r in range(len(js)):
+        blocked[js[r]] = True
+    leaves = np.empty(st.M, np.int64)  # by spawn depth, ties in slot order (insertion sort: stable)
+    k = 0
+    for c in range(1, n):
+        if not blocked[c]:
+            i = k
+            while i > 0 and st.spawn_depth[s, leaves[i - 1]] > st.spawn_depth[s, c]:
+                leaves[i] = leaves[i - 1]
+                i -= 1
+            leaves[i] = c
+            k += 1
+    gone = np.zeros(st.M, np.bool_)
+    nth = 0
+    for r in range(len(js)):
+        if not served[r]:
+            if nth < k and st.spawn_depth[s, leaves[nth]] < st.depth[s, js[r]]:
+                served[r] = True
+                gone[leaves[nth]] = True
+            nth += 1
+    if gone.any():
+        keep = np.zeros(st.M, np.bool_)
+        keep[:n] = True
+        keep &= ~gone
+        _discard(st, s, gone)
+        newidx = _compact(st, s, keep)
+        for r in range(len(js)):
+            js[r] = newidx[js[r]]
+
+
+@njit(cache=True)
+def commit_seq(st, s):
+    """While the anchor sits at depth L: commit its final token, collapse to the matching child (or
+    fall back to a fresh node), stop the sequence at its token limit or EOS."""
+    while st.active[s] and st.depth[s, 0] == st.L:
+        y = st.exit_token[s, 0]
+        _log(st, COMMIT, s, 0, y, st.depth[s, 0], 0, 0.0, st.node_id[s, 0], -1)
+        st.output[s, st.tokens[s]] = y
+        _hook(st, HOOK_COMMITTED, s, 0)
+        st.tokens[s] += 1
+        n = st.n[s]
+        keep = np.zeros(st.M, np.bool_)  # the matching child and its subtree (slots are topological)
+        child = -1
+        for c in range(1, n):
+            if st.parent[s, c] == 0 and st.token[s, c] == y:
+                child = c
+                break
+        if child > 0:
+            keep[child] = True
+            for c in range(child + 1, n):
+                keep[c] = keep[st.parent[s, c]]
+        gone = np.zeros(st.M, np.bool_)
+        gone[1:n] = ~keep[1:n]  # the old anchor is committed work, not waste
+        _discard(st, s, gone)
+        old_id, old_pos = st.node_id[s, 0], st.pos[s, 0]
+        _compact(st, s, keep)
+        if child < 0:  # fallback: a fresh anchor for the committed token
+            st.fallbacks[s] += 1
+            _reset_root(st, s, y, old_pos + 1)
+            _hook(st, HOOK_SPAWNED, s, 0)
+            _log(st, SPAWN, s, 0, y, 0, 0, 0.0, st.node_id[s, 0], old_id)
+        _log(st, COLLAPSE, s, 0, st.token[s, 0], st.depth[s, 0], gone.sum(), 0.0, st.node_id[s, 0], old_id)
+        if st.tokens[s] >= st.max_tokens[s] or (st.eos != NO_TOKEN and y == st.eos):
+            stop_seq(st, s)
+
+
+@njit(cache=True)
+def stop_seq(st, s):
+    """End sequence s: whatever is still in its lattice is discarded as waste."""
+    gone = np.zeros(st.M, np.bool_)
+    gone[: st.n[s]] = True
+    _discard(st, s, gone)
+    st.n[s] = 0
+    st.active[s] = False
+
+
+@njit(cache=True)
+def _discard(st, s, gone):
+    for j in range(st.M):
+        if gone[j]:
+            st.wasted_node_layers[s] += st.depth[s, j]
+            _log_node(st, DISCARD, s, j, 0)
+            _hook(st, HOOK_DISCARDED, s, j)
+
+
+@njit(cache=True)
+def _compact(st, s, keep):
+    """Move the kept slots of sequence s to the front, in order; the first becomes the anchor.
+    Returns old slot -> new slot (-1: gone)."""
+    newidx = np.full(st.M, -1, np.int64)
+    w = 0
+    for j in range(st.M):
+        if keep[j]:
+            newidx[j] = w
+            if w != j:
+                st.token[s, w] = st.token[s, j]
+                st.pos[s, w] = st.pos[s, j]
+                st.depth[s, w] = st.depth[s, j]
+                st.node_id[s, w] = st.node_id[s, j]
+                st.exit_token[s, w] = st.exit_token[s, j]
+                st.exit_conf[s, w] = st.exit_conf[s, j]
+                st.spawn_depth[s, w] = st.spawn_depth[s, j]
+                st.spawn_conf[s, w] = st.spawn_conf[s, j]
+                st.guessed[s, w] = st.guessed[s, j]
+                st.tag[s, w] = st.tag[s, j]
+                st.parent[s, w] = st.parent[s, j]
+            w += 1
+    for i in range(w):
+        p = st.parent[s, i]
+        st.parent[s, i] = newidx[p] if p >= 0 else -1
+    st.parent[s, 0] = -1
+    st.n[s] = w
+    return newidx
+
+
+@njit(cache=True)
+def _reset_root(st, s, token, pos):
+    st.pos[s, 0] = pos
+    st.token[s, 0] = token
+    st.depth[s, 0] = 0
+    st.parent[s, 0] = -1
+    st.node_id[s, 0] = st.next_id[s]
+    st.next_id[s] += 1
+    st.exit_token[s, 0] = NO_TOKEN
+    st.exit_conf[s, 0] = 0
+    st.spawn_depth[s, 0] = 0
+    st.spawn_conf[s, 0] = 0
+    st.guessed[s, 0] = False
+    st.n[s] = 1
+
+
+# ---------------------------------------------------------------- the transitions over many sequences
+
+@njit(cache=True)
+def _advance_all(st, chosen, rounds):
+    for s in range(len(st.n)):
+        advance_seq(st, s, chosen[s], rounds[s])
+
+
+@njit(cache=True)
+def _store_exits(st, s, j, tok, conf):
+    k = 0
+    for i in range(len(s)):
+        store_exit(st, s[i], j[i], tok[i], conf[i])
+        k += 1
+        if i + 1 == len(s) or s[i + 1] != s[i]:
+            count_heads(st, k)
+            k = 0
+
+
+@njit(cache=True)
+def _expand_all(st, s, j, tok, buffer, evict):
+    a = 0
+    for b in range(1, len(s) + 1):
+        if b == len(s) or s[b] != s[a]:
+            expand_seq(st, s[a], j[a:b], tok[a:b], buffer, evict)
+            a = b
+
+
+@njit(cache=True)
+def _commit_all(st):
+    for s in range(len(st.n)):
+        commit_seq(st, s)
+
+
+# --------------------------------------------------------------------------------------- driving
 
 def run(lat: Lattice, policy, executor: Executor) -> Lattice:
-    """Run rounds until every sequence has stopped."""
+    """Run rounds until every sequence has stopped. An executor with `run_compiled` runs a built-in
+    policy's rounds in one compiled loop; any other runs them here, one `step` at a time."""
     start(lat, executor)
+    fast = getattr(executor, "run_compiled", None)
+    if fast is not None and getattr(policy, "params", None) is not None:
+        fast(lat, policy)
     while lat.active.any():
         step(lat, policy, executor)
     return lat
@@ -381,8 +646,7 @@ def run(lat: Lattice, policy, executor: Executor) -> Lattice:
 def start(lat: Lattice, executor: Executor) -> None:
     if lat.round.any():
         raise ValueError("a run starts from a fresh lattice")
-    lat._on_commit = getattr(executor, "committed", None)
-    lat._on_discard = getattr(executor, "discarded", None)
+    lat._executor = executor
     executor.spawned(lat, np.arange(lat.S), np.zeros(lat.S, np.int64))  # the roots
 
 

@@ -7,72 +7,158 @@ exits, spawns or commits (the core jumps over them). `wants(lat, s, j, tok, conf
 that just read an exit ask for a child with that token; the core drops duplicates and enforces the
 live-branch buffer.
 
-Adding a policy is one class here plus one entry in POLICIES.
+A built-in policy's rules are compiled, per sequence (`select_seq`, `wants_node`), so a replay runs
+them without leaving compiled code; adding one is a class here with its `params` and its branch in
+those two functions. Any other object with `select`, `wants`, `exits`, `buffer` and `name` is a
+policy too (the tests use such), run by the core one Python round at a time.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from .errors import UserError
-from .lattice import FOREVER, Lattice
+from .lattice import FOREVER
 
 
-def _legal_greedy(lat: Lattice, s: np.ndarray, eligible: np.ndarray, k: int, order: np.ndarray) -> np.ndarray:
-    """Choose up to k eligible nodes per sequence in `order` (a permutation of slots per row), each
-    only if the dependency rule allows it given the choices before it:
-    the parent is deeper, or at the same depth and chosen too. Because a child is never deeper than
-    its parent, checking the parent is checking every ancestor."""
-    A, M = eligible.shape
-    rows = np.arange(A)
-    depth, parent = lat.depth[s], lat.parent[s]
-    chosen = np.zeros((A, M), bool)
-    count = np.zeros(A, np.int64)
-    for i in range(int(lat.n[s].max())):
-        j = order[:, i]
-        d, p = depth[rows, j], parent[rows, j]
-        pp = np.maximum(p, 0)
-        pd = depth[rows, pp]
-        ok = eligible[rows, j] & (count < k) & ((p < 0) | (pd > d) | ((pd == d) & chosen[rows, pp]))
-        chosen[rows[ok], j[ok]] = True
-        count += ok
-    return chosen
+# Built-in policies as the compiled core sees them: `params` = (kind, explorers, buffer, priority,
+# exit, threshold, evict).
+AR_KIND, LAYERSKIP_KIND, ADAPTIVE_KIND, DEX_KIND = range(4)
+PRIORITIES = ("eager", "align", "deep", "confident")
+EAGER, ALIGN, DEEP, CONFIDENT = range(4)
 
 
-def _movable(lat: Lattice, s: np.ndarray) -> np.ndarray:
-    """Nodes that may compute their next layer this round if enough explorers are free. A child is
-    never deeper than its parent, and one at its parent's depth may move along with it, so that is
-    every live node short of L; a cap must then keep each such child with its parent."""
-    return lat.live()[s] & (lat.depth[s] < lat.L)
+@njit(cache=True)
+def select_seq(st, s, pol, chosen):
+    """Fill `chosen` ([M] bool) with the node-layers sequence s computes this round; return for how
+    many rounds that choice holds if nothing exits, spawns or commits."""
+    kind, k, priority, exit = pol[0], pol[1], pol[3], pol[4]
+    chosen[:] = False
+    n, L = st.n[s], st.L
+    if kind == AR_KIND:
+        chosen[0] = True
+        return FOREVER
+    if kind == LAYERSKIP_KIND:
+        tip = n - 1  # the chain's last node; it is the only one that can be below e
+        if st.depth[s, tip] < exit:
+            chosen[tip] = True
+            return exit - st.depth[s, tip]
+        for j in range(n):
+            chosen[j] = st.depth[s, j] < L
+        return FOREVER
+    if kind == ADAPTIVE_KIND or priority == ALIGN:
+        return _lowest_layer_first(st, s, k, chosen)
+    if priority == EAGER:
+        moved = everyone = 0
+        for j in range(n):
+            if st.depth[s, j] < L:  # movable: a child at its parent's depth may move along with it
+                everyone += 1
+                if moved < k:  # parents sit before children, so a kept child's parent is kept too
+                    chosen[j] = True
+                    moved += 1
+        return FOREVER if moved == everyone else 1
+    return _legal_greedy(st, s, k, priority == DEEP, chosen)
 
 
-def _first_k(mask: np.ndarray, k: int) -> np.ndarray:
-    """The first k set slots of each row. Parents sit before children, so a kept child's parent
-    (if it has to move along) is kept too."""
-    return mask & (np.cumsum(mask, axis=1) <= k)
-
-
-def _hold_if_everyone(chosen: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """When every node that could move does, the same choice holds until something happens."""
-    return np.where((chosen == candidates).all(1), FOREVER, 1)
-
-
-def _lowest_layer_first(lat: Lattice, s: np.ndarray, k: int):
+@njit(cache=True)
+def _lowest_layer_first(st, s, k, chosen):
     """Advance the nodes at the lowest pending layer together, up to k: laggards catch up alone
     (drafting), then everyone moves layer-aligned (verification), sharing weight loads."""
-    cand = _movable(lat, s)
-    d = np.where(cand, lat.depth[s], FOREVER)
-    dmin = d.min(1, keepdims=True)
-    at_min = cand & (d == dmin)
-    chosen = _first_k(at_min, k)
-    rest = np.where(cand & ~chosen, d, lat.L).min(1)
-    hold = np.where((chosen == at_min).all(1), rest - dmin[:, 0], 1)
-    return chosen, np.maximum(hold, 1)
+    n, L = st.n[s], st.L
+    dmin = L
+    for j in range(n):
+        dmin = min(dmin, st.depth[s, j])
+    moved, left_out, rest = 0, False, L
+    for j in range(n):
+        d = st.depth[s, j]
+        if d == dmin and moved < k:
+            chosen[j] = True
+            moved += 1
+        elif d < L:
+            rest = min(rest, d)
+            left_out |= d == dmin
+    return 1 if left_out else max(rest - dmin, 1)
+
+
+@njit(cache=True)
+def _legal_greedy(st, s, k, deep, chosen):
+    """Anchor first, then branches by a key (spawn depth, or spawn confidence), greatest first,
+    ties oldest first; each only if the dependency rule allows it given the choices before it: the
+    parent is deeper, or at the same depth and chosen too. Because a child is never deeper than
+    its parent, checking the parent is checking every ancestor."""
+    n, L = st.n[s], st.L
+    order = np.empty(n, np.int64)
+    key = np.empty(n, np.float64)
+    for j in range(n):  # insertion sort, descending key: stable
+        key[j] = np.inf if j == 0 else (st.spawn_depth[s, j] if deep else st.spawn_conf[s, j])
+        i = j
+        while i > 0 and key[order[i - 1]] < key[j]:
+            order[i] = order[i - 1]
+            i -= 1
+        order[i] = j
+    moved = everyone = 0
+    for i in range(n):
+        j = order[i]
+        d, p = st.depth[s, j], st.parent[s, j]
+        if d >= L:
+            continue
+        everyone += 1
+        pd = st.depth[s, p] if p >= 0 else 0
+        if moved < k and (p < 0 or pd > d or (pd == d and chosen[p])):
+            chosen[j] = True
+            moved += 1
+    return FOREVER if moved == everyone else 1
+
+
+@njit(cache=True)
+def wants_node(st, s, j, tok, conf, pol):
+    """Does node (s, j), which just read exit token `tok` with confidence `conf`, ask for a child?"""
+    kind, exit, threshold = pol[0], pol[4], pol[5]
+    d, L = st.depth[s, j], st.L
+    if kind == LAYERSKIP_KIND:
+        return d == exit and exit < L
+    if kind == ADAPTIVE_KIND:
+        return not st.guessed[s, j] and ((conf >= threshold and d < L) or (d == L and j > 0))
+    if kind == DEX_KIND:
+        return d < L or j > 0
+    return False
+
+
+@njit(cache=True)
+def _select_all(st, s, pol):
+    chosen = np.zeros((len(s), st.M), np.bool_)
+    hold = np.empty(len(s), np.int64)
+    for i in range(len(s)):
+        hold[i] = select_seq(st, s[i], pol, chosen[i])
+    return chosen, hold
+
+
+@njit(cache=True)
+def _wants_all(st, s, j, tok, conf, pol):
+    out = np.empty(len(s), np.bool_)
+    for i in range(len(s)):
+        out[i] = wants_node(st, s[i], j[i], tok[i], conf[i], pol)
+    return out
+
+
+def _params(kind, explorers=1, buffer=0, priority=EAGER, exit=0, threshold=0.0, evict=False):
+    return (kind, int(explorers), int(buffer), int(priority), int(exit), float(threshold), bool(evict))
+
+
+class _Compiled:
+    """`select` and `wants` of a built-in policy: its compiled rules applied to many sequences."""
+
+    def select(self, lat, s):
+        return _select_all(lat.st, np.asarray(s, np.int64), self.params)
+
+    def wants(self, lat, s, j, tok, conf):
+        return _wants_all(lat.st, s, j, np.asarray(tok, np.int64), np.asarray(conf, np.float32), self.params)
 
 
 @dataclass
-class AR:
+class AR(_Compiled):
     """Autoregressive decoding: E = {L}, one explorer, never expands. The baseline."""
 
     L: int
@@ -82,17 +168,13 @@ class AR:
         self.exits = np.array([self.L])
         self.explorers, self.buffer = 1, 0
 
-    def select(self, lat, s):
-        chosen = np.zeros((len(s), lat.M), bool)
-        chosen[:, 0] = True
-        return chosen, np.full(len(s), FOREVER)
-
-    def wants(self, lat, s, j, tok, conf):
-        return np.zeros(len(s), bool)
+    @property
+    def params(self):
+        return _params(AR_KIND)
 
 
 @dataclass
-class LayerSkip:
+class LayerSkip(_Compiled):
     """LayerSkip self-speculative decoding with KV reuse: draft gamma tokens one after another
     through the first e layers (expanding only at depth e, along one chain), then run the anchor and
     all drafts layer-aligned from e+1 to L (the verification batch)."""
@@ -110,25 +192,16 @@ class LayerSkip:
         self.exits = np.unique([self.exit, self.L])
         self.explorers, self.buffer = self.draft + 1, self.draft
 
-    def select(self, lat, s):
-        rows = np.arange(len(s))
-        tip = lat.n[s] - 1  # the chain's last node; it is the only one that can be below e
-        tip_depth = lat.depth[s, tip]
-        drafting = tip_depth < self.exit
-        chosen = np.where(drafting[:, None], False, _movable(lat, s))
-        chosen[rows[drafting], tip[drafting]] = True
-        hold = np.where(drafting, self.exit - tip_depth, FOREVER)
-        return chosen, hold
-
-    def wants(self, lat, s, j, tok, conf):
-        return lat.depth[s, j] == self.exit if self.exit < self.L else np.zeros(len(s), bool)
+    @property
+    def params(self):
+        return _params(LAYERSKIP_KIND, self.explorers, self.buffer, exit=self.exit)
 
 
 @dataclass
-class Adaptive:
+class Adaptive(_Compiled):
     """Single-depth selection (AdaDecode / CALM / DEL family): each node makes one guess, at the first
     exit depth whose confidence reaches tau (a branch that reaches L guesses its exact final token);
-    its remaining layers are deferred and run aligned with its descendants."""
+    its remaining layers are deferred and run aligned with its descendants (lowest layer first)."""
 
     L: int
     exits: np.ndarray
@@ -143,19 +216,13 @@ class Adaptive:
             raise UserError(f"--buffer {self.buffer}: must be >= 0")
         self.explorers = self.buffer + 1
 
-    def select(self, lat, s):
-        return _lowest_layer_first(lat, s, self.explorers)
-
-    def wants(self, lat, s, j, tok, conf):
-        d = lat.depth[s, j]
-        return ~lat.guessed[s, j] & (((conf >= self.threshold) & (d < self.L)) | ((d == self.L) & (j > 0)))
-
-
-PRIORITIES = ("eager", "align", "deep", "confident")
+    @property
+    def params(self):
+        return _params(ADAPTIVE_KIND, self.explorers, self.buffer, threshold=self.threshold)
 
 
 @dataclass
-class DEX:
+class DEX(_Compiled):
     """Depth exploration: expand at every exit depth whose token is new among the node's children,
     keep at most `buffer` live branches (when full, with `evict`, a new guess replaces the leaf
     branch spawned at the shallowest depth, if that is shallower), advance up to k explorers a
@@ -183,19 +250,6 @@ class DEX:
         if self.priority not in PRIORITIES:
             raise UserError(f"--priority {self.priority!r}: must be one of {', '.join(PRIORITIES)}")
 
-    def select(self, lat, s):
-        if self.priority == "align":
-            return _lowest_layer_first(lat, s, self.explorers)
-        cand = _movable(lat, s)
-        if self.priority == "eager":
-            chosen = _first_k(cand, self.explorers)
-        else:
-            key = lat.spawn_depth[s] if self.priority == "deep" else lat.spawn_conf[s]
-            key = np.where(np.arange(lat.M) == 0, np.inf, key.astype(float))
-            key[~lat.live()[s]] = -np.inf  # dead slots hold stale keys: last, never in the first n
-            order = np.argsort(-key, axis=1, kind="stable")
-            chosen = _legal_greedy(lat, s, cand, self.explorers, order)
-        return chosen, _hold_if_everyone(chosen, cand)
-
-    def wants(self, lat, s, j, tok, conf):
-        return (lat.depth[s, j] < self.L) | (j > 0)
+    @property
+    def params(self):
+        return _params(DEX_KIND, self.explorers, self.buffer, PRIORITIES.index(self.priority), evict=self.evict)

@@ -20,12 +20,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+from numba import njit, types
+from numba.experimental import structref
 
 from . import lattice as core
 from . import pricing
 from .catalog import ModelSpec, get_model
 from .errors import UserError
-from .policies import AR, DEX, PRIORITIES, Adaptive, LayerSkip
+from .lattice import NO_TOKEN
+from .policies import AR, DEX, PRIORITIES, Adaptive, LayerSkip, select_seq, wants_node
 from .trace import Trace, load_trace, trace_checksum
 
 POLICY_NAMES = ("ar", "layerskip", "adaptive", "oracle-select", "dex")
@@ -35,8 +38,32 @@ ON_PATH = 1
 SCHEDULERS = ("lockstep", "des")
 
 
+@structref.register
+class _ReplayDataType(types.StructRef):
+    def preprocess_fields(self, fields):
+        return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+class ReplayData(structref.StructRefProxy):
+    """What the compiled replay reads (and, with per_layer, counts into), as one reference:
+    col [L+1] (exit depth -> trace column), offset, length, prompt_len [S] (each sequence's first
+    row, tokens and prompt length), final [N], exit_tokens [N, D], exit_conf [N, D] (float32: exactly
+    the trace's float16 values), cum_log_stay [D+1] (log P(the true path's token at column c is none
+    of the earlier columns'), cumulated over columns 1..c), vocab, seed (uint64), per_layer, and
+    load_diff, rows_diff [L+2] (difference arrays over layers of weight loads and node-layers)."""
+
+
+_REPLAY_FIELDS = ("col", "offset", "length", "prompt_len", "final", "exit_tokens", "exit_conf", "cum_log_stay",
+                  "vocab", "seed", "per_layer", "load_diff", "rows_diff")
+ReplayData = core.define_struct(ReplayData, _ReplayDataType, _REPLAY_FIELDS)
+
+
 class ReplayExecutor:
-    """Answers the core's exit reads from a trace. `tag` of a node is ON_PATH or 0."""
+    """Answers the core's exit reads from a trace. `tag` of a node is ON_PATH or 0.
+
+    Its rules are compiled (`read_node`, `spawned_node`, `count_layers`), so with a built-in policy
+    the whole replay runs as one compiled loop (`run_compiled`); the methods below serve the core's
+    Python rounds (other policies, subclasses that change what an exit reads)."""
 
     can_jump = True
 
@@ -46,101 +73,204 @@ class ReplayExecutor:
         # counters keep only summed over layers: pipeline pricing needs them at stage boundaries.
         # Off by default: it costs a little on every round.
         self.per_layer = per_layer
-        self._load_diff = np.zeros(trace.L + 2, np.int64)
-        self._rows_diff = np.zeros(trace.L + 2, np.int64)
         self.seed = seed
-        self.col = np.full(trace.L + 1, -1, np.int64)  # exit depth -> trace column
-        self.col[trace.depths] = np.arange(len(trace.depths))
-        self.offset = trace.seq_offsets[:-1].astype(np.int64)
-        self.length = np.diff(trace.seq_offsets).astype(np.int64)
-        self.prompt_len = trace.prompt_len.astype(np.int64)
-        # log P(the true path's token at column c is none of the earlier columns'), cumulated.
-        et = trace.exit_tokens
-        log_stay = np.zeros(et.shape[1])
-        for c in range(1, et.shape[1]):
-            novel = (et[:, c, None] != et[:, :c]).all(1).mean()
-            log_stay[c] = np.log1p(-min(novel, 1 - 1e-12))
-        self.cum_log_stay = np.concatenate([[0.0], np.cumsum(log_stay)])  # [c + 1]: columns 1..c
+        col = np.full(trace.L + 1, -1, np.int64)
+        col[trace.depths] = np.arange(len(trace.depths))
+        et = np.ascontiguousarray(trace.exit_tokens, np.int64)
+        log_stay = np.log1p(-np.minimum(_novelty(et), 1 - 1e-12))
+        log_stay[0] = 0.0
+        self._fields = f = dict(
+            col=col, offset=trace.seq_offsets[:-1].astype(np.int64), length=np.diff(trace.seq_offsets).astype(np.int64),
+            prompt_len=trace.prompt_len.astype(np.int64), final=trace.final.astype(np.int64),
+            exit_tokens=et, exit_conf=trace.exit_conf.astype(np.float32),
+            cum_log_stay=np.concatenate([[0.0], np.cumsum(log_stay)]), vocab=int(trace.vocab),
+            seed=np.uint64(seed), per_layer=bool(per_layer),
+            load_diff=np.zeros(trace.L + 2, np.int64), rows_diff=np.zeros(trace.L + 2, np.int64))
+        self.rx = ReplayData(*(f[k] for k in _REPLAY_FIELDS))
 
-    def row(self, lat, s, j):
-        """Row of node (s, j) within its sequence: the index of the token its state predicts."""
-        return lat.pos[s, j] - self.prompt_len[s] + 1
+    def run_compiled(self, lat, policy) -> None:
+        """Every round of every sequence in compiled code (a subclass may change what an exit reads:
+        it runs through the Python rounds instead)."""
+        if type(self) is ReplayExecutor:
+            _replay_rounds(lat.st, policy.params, self.rx)
 
     def compute(self, lat, s, j, layers):
         # a trace already holds what the computation would give; only count, if asked
-        if not self.per_layer or len(s) == 0:
-            return
-        # nodes of one sequence at one depth share a weight load at each of their next `layers` layers
-        # (the core's own grouping); all nodes of a sequence advance the same number of layers
-        d = lat.depth[s, j]
-        _, first, rows = np.unique(s * (lat.L + 1) + d, return_index=True, return_counts=True)
-        lo, hi = d[first] + 1, d[first] + layers[first] + 1  # layers lo .. hi-1
-        np.add.at(self._load_diff, lo, 1)
-        np.add.at(self._load_diff, hi, -1)
-        np.add.at(self._rows_diff, lo, rows)
-        np.add.at(self._rows_diff, hi, -rows)
+        if self.per_layer and len(s):
+            chosen = np.zeros((lat.S, lat.M), bool)
+            chosen[s, j] = True
+            rounds = np.zeros(lat.S, np.int64)
+            rounds[s] = layers
+            _count_layers_all(lat.st, self.rx, chosen, rounds)
 
     def layer_counts(self) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
         """([L+1] weight loads, [L+1] node-layers) at each layer l (index 0 unused), if counted."""
         if not self.per_layer:
             return None, None
-        return np.cumsum(self._load_diff)[:-1], np.cumsum(self._rows_diff)[:-1]
+        return np.cumsum(self._fields["load_diff"])[:-1], np.cumsum(self._fields["rows_diff"])[:-1]
 
     def spawned(self, lat, s, j):
-        p = lat.parent[s, j]
-        root = p < 0
-        pp = np.maximum(p, 0)
-        prow = self.row(lat, s, pp)
-        in_seq = prow + 1 < self.length[s]
-        final = self.trace.final[self.offset[s] + np.minimum(prow, self.length[s] - 1)]
-        on = (lat.tag[s, pp] == ON_PATH) & in_seq & (lat.token[s, j] == final)
-        lat.tag[s, j] = np.where(root | on, ON_PATH, 0)
+        _spawned_all(lat.st, self.rx, np.asarray(s, np.int64), np.asarray(j, np.int64))
 
     def read_exits(self, lat, s, j):
-        d = lat.depth[s, j]
-        c = self.col[d]
-        r = self.row(lat, s, j)
-        on = (lat.tag[s, j] == ON_PATH) & (r < self.length[s])
-        g = self.offset[s] + np.clip(r, 0, self.length[s] - 1)
-        tok = self.trace.exit_tokens[g, c].astype(np.int64)
-        conf = self.trace.exit_conf[g, c].astype(np.float32)
-        off = np.nonzero(~on)[0]
-        if len(off):
-            tok[off], conf[off] = self._off_path(lat, s[off], j[off], c[off])
-        return tok, conf
-
-    def _off_path(self, lat, s, j, c):
-        prev = lat.exit_token[s, j]
-        prev_d = lat.prev_exit[lat.depth[s, j]]
-        prev_c = np.where(prev_d > 0, self.col[prev_d], -1)
-        stay = np.exp(self.cum_log_stay[c + 1] - self.cum_log_stay[prev_c + 1])
-        # Draws keyed by (seed, node, depth), not by call order or sequence index: a sequence's replay
-        # must not depend on how rounds are jumped or scheduled, nor on which sequences run beside it.
-        d = lat.depth[s, j]
-        h = _hash(self.seed, lat.node_id[s, j], d)
-        new = (prev == core.NO_TOKEN) | (_uniform(h, 1) >= stay)
-        tok = np.where(new, self.trace.vocab + lat.node_id[s, j] * (lat.L + 1) + d, prev)  # unique per node, depth
-        rows = (_uniform(h, 2) * len(self.trace.exit_conf)).astype(np.int64)
-        return tok, self.trace.exit_conf[rows, c].astype(np.float32)
+        return _read_all(lat.st, self.rx, np.asarray(s, np.int64), np.asarray(j, np.int64))
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
+@njit(cache=True)
+def _novelty(et):
+    """[D]: the share of rows whose exit token at column c appears at no earlier column."""
+    N, D = et.shape
+    novel = np.zeros(D)
+    for g in range(N):
+        for c in range(1, D):
+            new = True
+            for b in range(c):
+                if et[g, b] == et[g, c]:
+                    new = False
+                    break
+            novel[c] += new
+    return novel / max(N, 1)
+
+
+@njit(cache=True)
+def read_node(st, rx, s, j):
+    """Exit token and confidence of node (s, j) at its depth: the trace's on the true path; off it,
+    a fresh id >= vocab that changes between exit depths at the true path's rate, or the previous
+    exit token, and a confidence drawn from the trace's at that depth."""
+    d = st.depth[s, j]
+    c = rx.col[d]
+    r = st.pos[s, j] - rx.prompt_len[s] + 1  # the row whose token this node's state predicts
+    if st.tag[s, j] == ON_PATH and r < rx.length[s]:
+        g = rx.offset[s] + max(r, 0)
+        return rx.exit_tokens[g, c], rx.exit_conf[g, c]
+    prev = st.exit_token[s, j]
+    prev_d = st.prev_exit[d]
+    prev_c = rx.col[prev_d] if prev_d > 0 else -1
+    stay = np.exp(rx.cum_log_stay[c + 1] - rx.cum_log_stay[prev_c + 1])
+    # Draws keyed by (seed, node, depth), not by call order or sequence index: a sequence's replay
+    # must not depend on how rounds are jumped or scheduled, nor on which sequences run beside it.
+    node = st.node_id[s, j]
+    h = _hash(rx.seed, node, d)
+    tok = prev
+    if prev == NO_TOKEN or _uniform(h, 1) >= stay:
+        tok = rx.vocab + node * (st.L + 1) + d  # unique per node and depth
+    row = np.int64(_uniform(h, 2) * len(rx.exit_conf))
+    return tok, rx.exit_conf[row, c]
+
+
+@njit(cache=True)
+def spawned_node(st, rx, s, j):
+    """A new node is on the true path if it is a root, or its parent is and its token is the
+    trace's next final token."""
+    p = st.parent[s, j]
+    on = p < 0
+    if not on:
+        prow = st.pos[s, p] - rx.prompt_len[s] + 1
+        if st.tag[s, p] == ON_PATH and prow + 1 < rx.length[s]:
+            on = st.token[s, j] == rx.final[rx.offset[s] + prow]
+    st.tag[s, j] = ON_PATH if on else 0
+
+
+@njit(cache=True)
+def count_layers(st, rx, s, chosen, m):
+    """Per-layer counts: chosen nodes of s at one depth share a weight load at each of their next m
+    layers (the core's own grouping)."""
+    for j in range(st.M):
+        if chosen[j]:
+            d = st.depth[s, j]
+            rx.rows_diff[d + 1] += 1
+            rx.rows_diff[d + m + 1] -= 1
+            if core._first_at_depth(st, s, chosen, j):
+                rx.load_diff[d + 1] += 1
+                rx.load_diff[d + m + 1] -= 1
+
+
+@njit(cache=True)
+def _replay_rounds(st, pol, rx):
+    """The core's `step` for one sequence at a time, every round, with this executor: the same
+    transitions, never leaving compiled code."""
+    chosen = np.zeros(st.M, np.bool_)
+    req_j = np.empty(st.M, np.int64)
+    req_tok = np.empty(st.M, np.int64)
+    for s in range(len(st.n)):
+        while st.active[s]:
+            m = select_seq(st, s, pol, chosen)
+            for j in range(st.M):  # jump to the first exit depth of any chosen node
+                if chosen[j]:
+                    m = min(m, st.next_exit[st.depth[s, j]] - st.depth[s, j])
+            if rx.per_layer:
+                count_layers(st, rx, s, chosen, m)
+            core.advance_seq(st, s, chosen, m)
+            heads = wanted = 0
+            for j in range(st.M):
+                if chosen[j] and st.is_exit[st.depth[s, j]]:
+                    tok, conf = read_node(st, rx, s, j)
+                    core.store_exit(st, s, j, tok, conf)
+                    heads += 1
+                    if wants_node(st, s, j, tok, st.exit_conf[s, j], pol):
+                        req_j[wanted], req_tok[wanted] = j, tok
+                        wanted += 1
+            core.count_heads(st, heads)
+            if wanted:
+                core.expand_seq(st, s, req_j[:wanted], req_tok[:wanted], pol[2], pol[6])
+                _tell_spawns(st, rx)
+            core.commit_seq(st, s)
+            _tell_spawns(st, rx)
+            st.round[s] += 1
+
+
+@njit(cache=True)
+def _tell_spawns(st, rx):
+    for i in range(st.n_hooks):
+        if st.hooks[i, 0] == core.HOOK_SPAWNED:
+            spawned_node(st, rx, st.hooks[i, 1], st.hooks[i, 2])
+    st.n_hooks = 0
+
+
+@njit(cache=True)
+def _read_all(st, rx, s, j):
+    tok = np.empty(len(s), np.int64)
+    conf = np.empty(len(s), np.float32)
+    for i in range(len(s)):
+        tok[i], conf[i] = read_node(st, rx, s[i], j[i])
+    return tok, conf
+
+
+@njit(cache=True)
+def _spawned_all(st, rx, s, j):
+    for i in range(len(s)):
+        spawned_node(st, rx, s[i], j[i])
+
+
+@njit(cache=True)
+def _count_layers_all(st, rx, chosen, rounds):
+    for s in range(len(st.n)):
+        count_layers(st, rx, s, chosen[s], rounds[s])
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+
+
+@njit(cache=True)
+def _mix(x):
     """splitmix64's finaliser: a well-spread 64-bit hash (uint64 arithmetic wraps by design)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
     return x ^ (x >> np.uint64(31))
 
 
-def _hash(seed: int, *keys: np.ndarray) -> np.ndarray:
-    h = _mix(np.full(len(keys[0]), seed, np.uint64) + np.uint64(0x9E3779B97F4A7C15))
-    for k in keys:
-        h = _mix(h ^ np.asarray(k).astype(np.uint64))
-    return h
+@njit(cache=True)
+def _hash(seed, node, depth):
+    h = _mix(seed + _GOLDEN)
+    h = _mix(h ^ np.uint64(node))
+    return _mix(h ^ np.uint64(depth))
 
 
-def _uniform(h: np.ndarray, stream: int) -> np.ndarray:
+@njit(cache=True)
+def _uniform(h, stream):
     """A uniform in [0, 1) from a hash, one independent stream per `stream`."""
-    return (_mix(h ^ np.uint64(stream)) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+    return np.float64(_mix(h ^ np.uint64(stream)) >> np.uint64(11)) * 2.0**-53
 
 
 def make_policy(name: str, L: int, *, exits=None, explorers: int = 4, buffer: int = 8, priority: str = "eager",

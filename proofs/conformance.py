@@ -285,7 +285,8 @@ def run(policy, models: list[ConcreteModel], max_tokens, *, eos=None, can_jump=T
     ex = HerbrandExecutor(models, can_jump=can_jump, seed=seed)
     core.start(lat, ex)
     mirrors = [Mirror(M, int(lat.node_id[s, 0])) for s, M in enumerate(models)]
-    seen, moves, rounds = len(lat.events()), 0, 0
+    moves, rounds = 0, 0
+    seen = np.bincount(lat.events()["seq"], minlength=lat.S)  # events read so far, per sequence
     for s in range(lat.S):
         if not lat.active[s]:
             mirrors[s].move("stop", record=record)
@@ -296,9 +297,10 @@ def run(policy, models: list[ConcreteModel], max_tokens, *, eos=None, can_jump=T
         if rounds > max_rounds:
             raise ConformanceError("no progress")
         ev = lat.events()
-        new, seen = ev[seen:], len(ev)
         for s in np.nonzero(active_before)[0]:
-            moves += _replay_round(mirrors[s], new[new["seq"] == s], stopped=not lat.active[s], record=record)
+            mine = ev[ev["seq"] == s]
+            moves += _replay_round(mirrors[s], mine[seen[s]:], stopped=not lat.active[s], record=record)
+            seen[s] = len(mine)
             compare(lat, ex, s, mirrors[s])
     return Run(lat, models, mirrors, ex, moves)
 

@@ -10,7 +10,7 @@ from strategies import traces
 
 from dexsim import lattice as core
 from dexsim.lattice import ADVANCE, COLLAPSE, DISCARD, SPAWN
-from dexsim.replay import ReplayExecutor, output_matches
+from dexsim.replay import ON_PATH, ReplayExecutor, output_matches
 
 
 class ArbitraryPolicy:
@@ -46,9 +46,12 @@ class CollidingExecutor(ReplayExecutor):
         super().__init__(trace)
         self.data = data
 
-    def _off_path(self, lat, s, j, c):
-        tok = np.array([self.data.draw(st.integers(0, self.trace.vocab - 1)) for _ in s], np.int64)
-        return tok, np.full(len(s), 0.5, np.float32)
+    def read_exits(self, lat, s, j):
+        tok, conf = super().read_exits(lat, s, j)
+        off = lat.tag[s, j] != ON_PATH
+        tok[off] = [self.data.draw(st.integers(0, self.trace.vocab - 1)) for _ in range(off.sum())]
+        conf[off] = 0.5
+        return tok, conf
 
 
 def rebuild(events, seq):
