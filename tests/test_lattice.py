@@ -73,6 +73,31 @@ def test_jumps_are_exact(tp, seed):
     assert (a.counters.load_rows == b.counters.load_rows).all() and (a.output == b.output).all()
 
 
+class _PythonRounds(ReplayExecutor):
+    """The same executor, but a subclass: the core runs it one Python `step` at a time."""
+
+
+@given(trace_and_policy(), st.integers(0, 3), st.booleans())
+def test_the_compiled_replay_loop_is_the_python_rounds(tp, seed, per_layer):
+    """A replay's one compiled loop and the core's Python rounds are the same rules: same event
+    log, counters, tokens and per-layer counts."""
+    trace, policy = tp
+    runs, executors = [], (ReplayExecutor(trace, seed, per_layer), _PythonRounds(trace, seed, per_layer))
+    for executor in executors:
+        lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
+                           root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                           max_tokens=np.diff(trace.seq_offsets), record_events=True)
+        runs.append(core.run(lat, policy, executor))
+    a, b = runs
+    assert a.counters.totals() == b.counters.totals() and (a.output == b.output).all()
+    assert (a.counters.load_rows == b.counters.load_rows).all() and (a.counters.head_rows == b.counters.head_rows).all()
+    assert a.counters.context_sum == b.counters.context_sum
+    ea, eb = a.events(), b.events()
+    assert len(ea) == len(eb) and (ea == eb).all()
+    for x, y in zip(*(ex.layer_counts() for ex in executors)):
+        assert x is None and y is None or (x == y).all()
+
+
 @given(traces())
 def test_ar_costs_L_rounds_per_token(trace):
     lat = replay(trace, AR(trace.L))
