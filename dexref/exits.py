@@ -92,6 +92,8 @@ def check_exits(adapters: Adapters | None, exits, L: int, flag: str = "--exits")
     """A trained exit head exists only where one was trained: any other exit depth (but L) is a UserError."""
     if adapters is None:
         return
+    if L in adapters.A:  # loaded manifests never have one (`load` checks); code-built adapters must not
+        raise ValueError(f"{adapters.name}: an adapter at depth L = {L} would change the committed tokens")
     missing = sorted(set(np.asarray(exits).tolist()) - set(exit_depths(adapters, L).tolist()))
     if missing:
         raise UserError(f"{flag}: depth {missing[0]} has no trained exit head in {adapters.name} "

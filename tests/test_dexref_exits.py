@@ -249,8 +249,8 @@ def real():
 
 
 def test_real_model_committed_adapters_are_lossless(real):
-    """The committed adapters load onto the real model (fingerprint, sha256), and dex and adaptive with
-    them give transformers' greedy tokens in float64, as AR does."""
+    """The committed adapters load onto the real model (fingerprint, sha256), and dex reading them at
+    every trained depth gives transformers' greedy tokens in float64 (tiny models test every policy)."""
     pytest.importorskip("transformers")
     from safetensors.torch import load_file
 
@@ -263,8 +263,7 @@ def test_real_model_committed_adapters_are_lossless(real):
     hf = hf_model(a, load_file(str(folder / "model.safetensors")), torch.float64)
     ref = [hf_greedy(hf, p, new, a.eos) for p in prompts]
     del hf
-    every3 = exits.exit_depths(heads, a.n_layer)
-    for policy in (make_policy("dex", a.n_layer, exits=every3, explorers=4, buffer=6),
-                   make_policy("adaptive", a.n_layer, exits=every3, threshold=0.5, buffer=3)):
-        run = generate(model, prompts, policy, new, eos=a.eos, heads=heads)
-        assert run.outputs == ref, policy.name
+    policy = make_policy("dex", a.n_layer, exits=exits.exit_depths(heads, a.n_layer), explorers=4, buffer=6)
+    run = generate(model, prompts, policy, new, eos=a.eos, heads=heads)
+    assert run.outputs == ref
+    assert run.counters()["head_evals"] > 2 * new  # it did read the trained exits
