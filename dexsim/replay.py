@@ -482,7 +482,7 @@ def hardware_from_args(args, trace: Trace):
     name = args.model or trace.meta.get("model")
     flag = "--model" if args.model else f"{trace.path}: meta.model"
     tp, pp, batch = (1 if v is None else v for v in (args.tp, args.pp, args.batch))
-    return pricing.hardware(name, args.gpu, tp, pp, batch, model_flag=flag)
+    return pricing.hardware(name, args.gpu, tp, pp, batch, model_flag=flag, heads=trace.meta.get("heads", "lens"))
 
 
 def cmd_replay(args) -> int:

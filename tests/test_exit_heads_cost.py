@@ -66,3 +66,17 @@ def test_recorded_trained_trace_is_the_lens_generations_with_lower_ead():
     assert r["depths"] == trained.depths.tolist()
     assert r["b"]["mean_ead"] < r["a"]["mean_ead"] - 3
     assert r["b"]["mean_ead"] < analyze(lens)["mean_ead"]  # even against the lens at every depth
+
+
+
+def test_replay_prices_the_trace_own_heads():
+    """`dexsim replay --gpu` prices a trained trace's head reads with their adapters."""
+    from argparse import Namespace
+
+    from dexsim.replay import hardware_from_args
+
+    args = Namespace(gpu="a100-sxm4-80gb", model=None, tp=None, pp=None, batch=None)
+    model, _ = hardware_from_args(args, load_trace(TRAINED_TRACE))
+    assert model.head_adapter_params == exit_heads()[NAME]["params_per_exit"]
+    model, _ = hardware_from_args(args, load_trace(LENS_TRACE))
+    assert model.head_adapter_params == 0
