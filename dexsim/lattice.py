@@ -72,10 +72,16 @@ class Executor(Protocol):
     # By the time they are called the nodes may have left the lattice: key their state by node id.
 
 
-@structref.register
-class _StateType(types.StructRef):
+class StructType(types.StructRef):
+    """A numba StructRef type whose fields take their values' plain (non-literal) types."""
+
     def preprocess_fields(self, fields):
         return tuple((name, types.unliteral(t)) for name, t in fields)
+
+
+@structref.register
+class _StateType(StructType):
+    pass
 
 
 class State(structref.StructRefProxy):

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from numba import njit, types
+from numba import njit
 from numba.experimental import structref
 
 from . import lattice as core
@@ -39,9 +39,8 @@ SCHEDULERS = ("lockstep", "des")
 
 
 @structref.register
-class _ReplayDataType(types.StructRef):
-    def preprocess_fields(self, fields):
-        return tuple((name, types.unliteral(t)) for name, t in fields)
+class _ReplayDataType(core.StructType):
+    pass
 
 
 class ReplayData(structref.StructRefProxy):
