@@ -58,10 +58,15 @@ SINGLE_DEPTH = ("layerskip", "adaptive", "oracle-select")  # the selection metho
 # The default grid: `python -m dexsim sweep` with no arguments must finish in well under a minute on two
 # cores. It prices every replay on one device (lockstep) and on a 4-stage pipeline (des), where DEX's
 # explorers at different depths run on different stages at once; exits every 8 layers put them at
-# the stage ends. Measured on the bundled traces (2 cores, shared): about 16 s wall. Replays of the
-# first 32 tokens of each sequence; widen any axis with its flag (`--max-tokens 0`: every token).
+# the stage ends. The traces are the real ones recorded by the reference engine (SmolLM2-135M, logit
+# lens, HumanEval / MT-bench / ShareGPT: 340 sequences; traces/README.md), every sequence and its first
+# 32 tokens replayed. Measured (2 cores, shared): about 13 s wall (10 s with `--max-seqs 16`). Widen any
+# axis with its flag (`--traces 'traces/*.npz'`: every bundled trace, synthetic ones included;
+# `--max-tokens 0`: every token); `--max-seqs N` replays the first N sequences of each trace.
+DEFAULT_TRACES = ("smollm2-135m-lens-humaneval164-raw.npz", "smollm2-135m-lens-mtbench-chat.npz",
+                  "smollm2-135m-lens-sharegpt-chat.npz")
 DEFAULTS = {
-    "traces": "traces/*.npz",
+    "traces": ",".join(f"traces/{name}" for name in DEFAULT_TRACES),
     "models": "trace",
     "policies": ",".join(POLICY_NAMES),
     "explorers": "4,8",
@@ -75,6 +80,7 @@ DEFAULTS = {
     "pp": "1,4",
     "batch": "1",
     "max_tokens": 32,
+    "max_seqs": 0,
     "seed": 0,
     "out": "results",
     "scheduler": "lockstep,des",
@@ -82,7 +88,7 @@ DEFAULTS = {
 }
 
 # Output columns, in order. Parameters a policy does not have are empty (null in JSON).
-KEY_FIELDS = ("trace", "trace_sha256", "model", "max_tokens", "seed", "gpu", "tp", "pp", "batch", "scheduler",
+KEY_FIELDS = ("trace", "trace_sha256", "model", "max_tokens", "max_seqs", "seed", "gpu", "tp", "pp", "batch", "scheduler",
               "arrival", "requests", "policy", "exits", "explorers", "buffer", "priority", "exit", "draft", "threshold", "oracle_drafts")
 COUNTERS = ("tokens", "rounds", "node_layers", "weight_loads", "head_evals", "wasted_node_layers", "fallbacks")
 COLUMNS = ("key", *KEY_FIELDS, "depth_rescaled", "oracle_policy", *COUNTERS,
@@ -111,6 +117,7 @@ class Job:
     exit: int = 0
     draft: int = 0
     threshold: float = 0.0
+    max_seqs: int | None = None  # None: every sequence
 
 
 @dataclass
@@ -151,10 +158,12 @@ def _positive(flag: str, values: list) -> list:
 
 
 def default_traces_glob() -> str:
-    """`traces/*.npz` in the working directory if there is such a folder, else beside the package."""
+    """The default traces in `traces/` of the working directory if there is such a folder, else beside
+    the package."""
     if Path("traces").is_dir():
         return DEFAULTS["traces"]
-    return str(Path(__file__).resolve().parent.parent / DEFAULTS["traces"])
+    root = Path(__file__).resolve().parent.parent
+    return ",".join(str(root / p) for p in DEFAULTS["traces"].split(","))
 
 
 def find_traces(patterns: str) -> list[str]:
@@ -181,15 +190,27 @@ def first_tokens(trace: Trace, n: int | None) -> Trace:
     return out
 
 
+def first_seqs(trace: Trace, n: int | None) -> Trace:
+    """The trace cut to its first n sequences."""
+    if n is None or trace.n_seqs <= n:
+        return trace
+    end = int(trace.seq_offsets[n])
+    out = Trace(depths=trace.depths, final=trace.final[:end], exit_tokens=trace.exit_tokens[:end],
+                exit_conf=trace.exit_conf[:end], seq_offsets=trace.seq_offsets[:n + 1].copy(),
+                prompt_len=trace.prompt_len[:n].copy(), meta={**trace.meta, "first_seqs": n}, path=trace.path)
+    out.meta["sha256"] = trace_checksum(out)
+    return out
+
+
 @lru_cache(maxsize=32)
 def loaded(path: str) -> Trace:
     return load_trace(path)
 
 
 @lru_cache(maxsize=32)
-def prepared(path: str, max_tokens: int | None, model: str | None) -> tuple[Trace, bool]:
+def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int | None = None) -> tuple[Trace, bool]:
     """The trace a job replays (cut, then mapped onto `model`), cached per process."""
-    return for_model(first_tokens(loaded(path), max_tokens), model, flag="--models")
+    return for_model(first_tokens(first_seqs(loaded(path), max_seqs), max_tokens), model, flag="--models")
 
 
 def _layerskip_exit(trace: Trace) -> int:
@@ -315,15 +336,15 @@ def build_grid(args) -> Grid:
     for path in find_traces(args.traces):
         for model_arg in models:
             model = None if model_arg == "trace" else model_arg
-            trace, rescaled = prepared(path, args.max_tokens, model)
+            trace, rescaled = prepared(path, args.max_tokens, model, args.max_seqs)
             name = trace.meta.get("model")
             hardware = _hardware(name, hw_grid, notes, trace.meta["heads"])
             if not hardware:
                 continue
-            base = Job(path, args.max_tokens, model, args.seed, per_layer, "ar", des_pps=des_pps)
+            base = Job(path, args.max_tokens, model, args.seed, per_layer, "ar", des_pps=des_pps, max_seqs=args.max_seqs)
             # the checksum in the key: a resumed sweep never mixes in rows of a changed file of the same name
             common = {"trace": os.path.basename(path), "trace_sha256": loaded(path).meta["sha256"], "model": name,
-                      "max_tokens": args.max_tokens, "seed": args.seed}
+                      "max_tokens": args.max_tokens, "max_seqs": args.max_seqs, "seed": args.seed}
             extra = {"depth_rescaled": rescaled}
             where = f"{common['trace']} ({name})"
             for fields, jobs in _policy_rows(trace, base, ax, notes, where):
@@ -372,7 +393,7 @@ def _comma_specs(text: str) -> list[str]:
 
 def run_job(job: Job) -> tuple[dict, pricing.Tally, object]:
     """Replay one job (in a worker process or in this one): its result, Tally and (for the DES) WorkLog."""
-    trace, _ = prepared(job.trace, job.max_tokens, job.model)
+    trace, _ = prepared(job.trace, job.max_tokens, job.model, job.max_seqs)
     exits = np.array(job.exits) if job.exits else None
     policy = make_policy(job.policy, trace.L, exits=exits, explorers=job.explorers, buffer=job.buffer,
                          priority=job.priority or "eager", exit=job.exit, draft=job.draft, threshold=job.threshold)
@@ -621,10 +642,10 @@ def best_table(rows: list[dict]) -> str:
     for r in rows:
         if r["output_matches_trace"]:
             hw = (r["gpu"], r["tp"], r["pp"], r["batch"], r["scheduler"], r["arrival"])
-            groups.setdefault((r["trace"], r["model"], r["max_tokens"], r["seed"], hw), []).append(r)
+            groups.setdefault((r["trace"], r["model"], r["max_tokens"], r.get("max_seqs"), r["seed"], hw), []).append(r)
     head = ("trace", "model", "hardware", "best configuration", "tok/s", "vs ar", "vs single", "best single-depth")
     lines = [head]
-    for (trace, model, _, _, (gpu, tp, pp, batch, sched, arrival)), rs in groups.items():
+    for (trace, model, _, _, _, (gpu, tp, pp, batch, sched, arrival)), rs in groups.items():
         best = max(rs, key=lambda r: r["tokens_per_s"])
         single = [r for r in rs if r["policy"] in SINGLE_DEPTH]
         hw = gpu + ("" if (tp, pp, batch) == (1, 1, 1) else f" tp{tp} pp{pp} b{batch}")
@@ -652,6 +673,9 @@ def cmd_sweep(args) -> int:
     if args.max_tokens < 0:
         raise UserError(f"--max-tokens {args.max_tokens}: must be >= 0 (0: every token)")
     args.max_tokens = args.max_tokens or None
+    if args.max_seqs < 0:
+        raise UserError(f"--max-seqs {args.max_seqs}: must be >= 0 (0: every sequence)")
+    args.max_seqs = args.max_seqs or None
     grid = build_grid(args)
     for note in dict.fromkeys(grid.notes):
         print(f"note: {note}", file=sys.stderr)
@@ -705,6 +729,8 @@ def register(sub) -> None:
                    help="batch sizes, sequences in lockstep; under des, the most requests in flight (default: 1)")
     p.add_argument("--max-tokens", type=int, default=d["max_tokens"],
                    help=f"replay the first N tokens of each sequence (default {d['max_tokens']}; 0: all)")
+    p.add_argument("--max-seqs", type=int, default=d["max_seqs"],
+                   help="replay the first N sequences of each trace (default 0: all)")
     p.add_argument("--seed", type=int, default=d["seed"], help="seed of the off-path exit tokens (and poisson arrivals)")
     p.add_argument("--scheduler", default=d["scheduler"],
                    help=f"comma-separated, of {', '.join(SCHEDULERS)} (default: {d['scheduler']}); des: "

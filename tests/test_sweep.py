@@ -146,6 +146,7 @@ BAD = [
     (["--jobs", "0"], "--jobs"),
     (["--models", "gpt-7"], "--models"),
     (["--traces", "/nonexistent/*.npz"], "--traces"),
+    (["--max-seqs", "-1"], "--max-seqs"),
 ]
 
 
@@ -169,3 +170,28 @@ def test_configurations_that_cannot_run_are_skipped_with_a_note(traces, tmp_path
     for r in rows:
         if r["policy"] == "ar":
             assert r["speedup_vs_ar"] == 1.0
+
+
+def test_max_seqs_replays_the_first_sequences_and_is_in_the_key(traces, tmp_path, capsys):
+    flags = ["--policies", "ar", "--gpus", "a100-sxm4-80gb", "--pp", "1", "--scheduler", "lockstep", "--jobs", "1",
+             "--max-tokens", "0"]
+    assert main(["sweep", "--traces", traces, "--out", str(tmp_path / "all"), *flags, "--max-seqs", "0"]) == 0
+    assert main(["sweep", "--traces", traces, "--out", str(tmp_path / "one"), *flags, "--max-seqs", "1"]) == 0
+    capsys.readouterr()
+    every, first = _rows(tmp_path / "all"), _rows(tmp_path / "one")
+    assert [r["tokens"] for r in every] == [20, 20] and [r["tokens"] for r in first] == [10, 10]
+    assert all(r["max_seqs"] is None and "max_seqs" not in r["key"] for r in every)
+    assert all(r["max_seqs"] == 1 and "|max_seqs=1|" in r["key"] for r in first)
+    trace = sweep.loaded(sorted(Path(traces).parent.glob("*.npz"))[0].as_posix())
+    cut = sweep.first_seqs(trace, 1)
+    assert cut.n_seqs == 1 and cut.n_tokens == trace.seq_offsets[1] and cut.meta["sha256"] != trace.meta["sha256"]
+    assert sweep.first_seqs(trace, 5) is trace
+
+
+def test_default_traces_are_the_recorded_ones_and_exist():
+    root = Path(sweep.__file__).resolve().parent.parent
+    paths = sweep.default_traces_glob().split(",")
+    assert len(paths) == len(sweep.DEFAULT_TRACES) >= 3
+    for path in paths:
+        t = sweep.loaded(str(root / path) if not os.path.isabs(path) else path)
+        assert not t.meta["synthetic"] and t.meta["heads"] == "lens" and t.n_seqs >= sweep.DEFAULTS["max_seqs"]
