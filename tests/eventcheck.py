@@ -39,13 +39,14 @@ def check_event_log(events: np.ndarray, lat) -> None:
             exits[s] += 1
         elif e["kind"] == COMMIT:
             commits[s].append(int(e["token"]))
-            # the committed node has all its layers
-            assert (s, v, lat.L) in computed
+            # the committed node is the anchor (no parent) and has all its layers
+            assert int(e["parent"]) == -1 and (s, v, lat.L) in computed
         elif e["kind"] == DISCARD:
             waste[s] += int(e["depth"])
             gone.add((s, v))
             children[s, parent[s, v]].discard(token[s, v])  # live siblings must differ, not all-time ones
     c = lat.counters
+    assert len(c.load_rows) == len(c.head_rows) == lat.M + 1  # histograms over 0..M rows
     assert (node_layers == c.node_layers).all()
     assert (exits == c.head_evals).all()
     assert (waste == c.wasted_node_layers).all()

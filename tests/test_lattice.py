@@ -284,6 +284,30 @@ def test_adaptive_makes_one_guess_per_node(trace, tau, buffer):
     guesses = ev[(ev["kind"] == core.SPAWN) & (ev["n"] > 0)]  # n: the parent's depth; 0 only for fresh anchors
     keys = list(zip(guesses["seq"].tolist(), guesses["parent"].tolist()))
     assert len(keys) == len(set(keys))
+    # ... and a node guesses only at an exit whose confidence reaches tau (or at L, its exact token)
+    exits = {(int(e["seq"]), int(e["node"]), int(e["depth"])): float(e["conf"]) for e in ev[ev["kind"] == core.EXIT]}
+    for g in guesses:
+        d = int(g["n"])
+        assert d == trace.L or exits[int(g["seq"]), int(g["parent"]), d] >= np.float32(tau)
+
+
+@given(traces(max_seqs=2), st.data())
+def test_a_committed_eos_stops_the_sequence(trace, data):
+    """With an EOS token, a sequence stops right after committing its first EOS (the rest of its
+    trace is never decoded), whatever the policy; without one it runs to its token limit."""
+    policy = data.draw(policies(trace))
+    eos = int(data.draw(st.sampled_from(trace.final.tolist())))
+    lengths = np.diff(trace.seq_offsets)
+    lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
+                       root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                       max_tokens=lengths, eos=eos, record_events=True)
+    core.run(lat, policy, ReplayExecutor(trace))
+    for s in range(trace.n_seqs):
+        final = trace.final[trace.seq_slice(s)].tolist()
+        n = final.index(eos) + 1 if eos in final else len(final)
+        assert lat.counters.tokens[s] == n and lat.output[s, :n].tolist() == final[:n]
+    assert not lat.active.any()
+    check_event_log(lat.events(), lat)
 
 
 class _Quiet:
