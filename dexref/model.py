@@ -1,5 +1,9 @@
 """A layer-addressable Llama-family transformer: RMSNorm, rotary embeddings, grouped-query attention,
-SwiGLU, tied embeddings. One file, in the spirit of nanoGPT's and gpt-fast's `model.py`.
+SwiGLU, tied embeddings. One file, in the spirit of nanoGPT's and gpt-fast's `model.py`. A few
+`ModelArgs` flags (all off for Llama) make it Gemma 3: RMSNorm scaling by (1 + w), q/k RMSNorm per
+head, norms after attention and after the MLP too, GeGLU (gelu, tanh approximation), embeddings times
+sqrt(dim), sliding-window attention with its own rotary base on the local layers, and an attention
+scale of query_pre_attn_scalar ** -0.5.
 
 The engine never calls a whole forward pass: it runs one block at a time on a set of rows (nodes of
 the lattice), so a block is split where the attention context comes in:
@@ -42,6 +46,16 @@ class ModelArgs:
     tied: bool = True
     bos: int = -1
     eos: int = -1
+    # Gemma 3 (Hugging Face's Gemma3ForCausalLM); the defaults are Llama's.
+    norm_offset: float = 0.0  # RMSNorm scales by (norm_offset + w): 1.0 in Gemma (weights stored as w)
+    qk_norm: bool = False  # RMSNorm of each query and key head (over head_dim) before the rotary embedding
+    sandwich_norm: bool = False  # RMSNorm of the attention output and of the MLP output, before each residual add
+    act: str = "silu"  # MLP gate activation: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    embed_scale: bool = False  # embeddings times sqrt(dim) (the factor rounded to float32, then the model dtype)
+    attn_scalar: float = 0.0  # scores times attn_scalar ** -0.5 (query_pre_attn_scalar); 0: 1 / sqrt(head_dim)
+    sliding_window: int = 0  # local layers attend to the last sliding_window positions (themselves included)
+    global_every: int = 0  # with a window: every global_every-th layer (1-based) is global, the others local
+    rope_local_base: float = 0.0  # rotary base of the local layers (0: rope_base)
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelArgs":
@@ -53,13 +67,14 @@ class ModelArgs:
 
 
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    def __init__(self, dim: int, eps: float, offset: float = 0.0):
         super().__init__()
-        self.eps = eps
+        self.eps, self.offset = eps, offset
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: Tensor) -> Tensor:  # x [..., D]
-        return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        w = self.weight if not self.offset else self.offset + self.weight  # Gemma: (1 + w)
+        return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
 class Attention(nn.Module):
@@ -67,6 +82,9 @@ class Attention(nn.Module):
         super().__init__()
         self.wqkv = nn.Linear(a.dim, (a.n_head + 2 * a.n_kv_head) * a.head_dim, bias=False)  # q, k, v fused
         self.wo = nn.Linear(a.n_head * a.head_dim, a.dim, bias=False)
+        if a.qk_norm:
+            self.q_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
+            self.k_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
 
 
 class FeedForward(nn.Module):
@@ -79,10 +97,13 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.attention_norm = RMSNorm(a.dim, a.norm_eps)
+        self.attention_norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)  # before attention
         self.attention = Attention(a)
-        self.ffn_norm = RMSNorm(a.dim, a.norm_eps)
+        self.ffn_norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)  # before the MLP
         self.feed_forward = FeedForward(a)
+        if a.sandwich_norm:  # Gemma: on the attention output and on the MLP output
+            self.post_attention_norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
+            self.post_ffn_norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
 
 
 class Transformer(nn.Module):
@@ -91,27 +112,37 @@ class Transformer(nn.Module):
         self.args = a
         self.tok_embeddings = nn.Embedding(a.vocab, a.dim)
         self.layers = nn.ModuleList(Block(a) for _ in range(a.n_layer))
-        self.norm = RMSNorm(a.dim, a.norm_eps)
+        self.norm = RMSNorm(a.dim, a.norm_eps, a.norm_offset)
         self.output = nn.Linear(a.dim, a.vocab, bias=False)
         if a.tied:
             self.output.weight = self.tok_embeddings.weight
+        self.set_tables(torch.float32)
+
+    def set_tables(self, dtype: torch.dtype) -> None:
+        """The rotary tables (computed in float32, cast like Hugging Face does), the rotate-half matrix
+        and the embedding scale, in dtype."""
+        a = self.args
         cos, sin = rope_tables(a)
-        self.register_buffer("rope_cos", cos, persistent=False)  # [max_len, head_dim]
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.register_buffer("rope_half", rotate_half_matrix(a.head_dim), persistent=False)  # [hd, hd]
+        self.register_buffer("rope_cos", cos.to(dtype), persistent=False)  # [max_len, head_dim]
+        self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
+        if a.rope_local_base:  # the local (sliding-window) layers' own base
+            cos, sin = rope_tables(a, a.rope_local_base)
+            self.register_buffer("rope_cos_local", cos.to(dtype), persistent=False)
+            self.register_buffer("rope_sin_local", sin.to(dtype), persistent=False)
+        self.register_buffer("rope_half", rotate_half_matrix(a.head_dim).to(dtype), persistent=False)  # [hd, hd]
+        # Hugging Face's Gemma keeps sqrt(dim) as a float32 buffer and casts it to the weights' dtype.
+        self.register_buffer("embed_scale", torch.tensor(a.dim ** 0.5).to(dtype), persistent=False)
 
     def to_dtype(self, dtype: torch.dtype) -> "Transformer":
-        """Cast weights and the rotary tables (computed in float32, cast like Hugging Face does)."""
+        """Cast weights and the tables."""
         self.to(dtype)
-        cos, sin = rope_tables(self.args)
-        self.rope_cos, self.rope_sin = cos.to(dtype), sin.to(dtype)
-        self.rope_half = rotate_half_matrix(self.args.head_dim).to(dtype)
+        self.set_tables(dtype)
         return self
 
 
-def rope_tables(a: ModelArgs) -> tuple[Tensor, Tensor]:
+def rope_tables(a: ModelArgs, base: float | None = None) -> tuple[Tensor, Tensor]:
     """cos, sin [max_len, head_dim] of the rotary embedding, in float32 as Hugging Face computes them."""
-    inv_freq = 1.0 / (a.rope_base ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim))
+    inv_freq = 1.0 / ((base or a.rope_base) ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim))
     freqs = torch.arange(a.max_len, dtype=torch.int64).float()[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [T, hd]
     return emb.cos(), emb.sin()
@@ -133,10 +164,33 @@ def rotate_half_matrix(hd: int) -> Tensor:
     return m
 
 
+def is_local(a: ModelArgs, layer: int) -> bool:
+    """A sliding-window layer (Gemma 3: five local layers, then one global)."""
+    return a.global_every > 0 and (layer + 1) % a.global_every != 0
+
+
+def window(a: ModelArgs, layer: int) -> int:
+    """How many positions back (itself included) a row at `layer` sees; 0: all of them."""
+    return a.sliding_window if a.sliding_window and is_local(a, layer) else 0
+
+
+def attn_scale(a: ModelArgs) -> float:
+    return 1.0 / math.sqrt(a.head_dim) if not a.attn_scalar else a.attn_scalar ** -0.5
+
+
+def _act(a: ModelArgs, x: Tensor) -> Tensor:
+    if a.act == "silu":
+        return F.silu(x)
+    if a.act == "gelu_tanh":
+        return F.gelu(x, approximate="tanh")
+    raise ValueError(f"activation {a.act!r}: must be silu or gelu_tanh")
+
+
 # ---------------------------------------------------------------------------- the pieces the engine calls
 
 def embed(model: Transformer, tokens: Tensor) -> Tensor:
-    return model.tok_embeddings(tokens)  # [R] -> [R, D]
+    x = model.tok_embeddings(tokens)  # [R] -> [R, D]
+    return x * model.embed_scale if model.args.embed_scale else x
 
 
 def qkv(model: Transformer, layer: int, x: Tensor, pos: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -145,19 +199,27 @@ def qkv(model: Transformer, layer: int, x: Tensor, pos: Tensor) -> tuple[Tensor,
     blk = model.layers[layer]
     R, nq = x.shape[0], a.n_head + a.n_kv_head
     qkv_ = F.linear(blk.attention_norm(x), blk.attention.wqkv.weight)  # [R, (H + 2 Hkv) * hd]
-    cos, sin = model.rope_cos.index_select(0, pos), model.rope_sin.index_select(0, pos)  # [R, hd]
-    qk = rotate(qkv_[:, : nq * a.head_dim].view(R, nq, a.head_dim), cos, sin, model.rope_half)  # [R, H + Hkv, hd]
+    local = a.rope_local_base and is_local(a, layer)
+    cos_t, sin_t = (model.rope_cos_local, model.rope_sin_local) if local else (model.rope_cos, model.rope_sin)
+    cos, sin = cos_t.index_select(0, pos), sin_t.index_select(0, pos)  # [R, hd]
+    qk = qkv_[:, : nq * a.head_dim].view(R, nq, a.head_dim)  # [R, H + Hkv, hd]
+    if a.qk_norm:  # Gemma: each head normed over hd, queries and keys by their own weights
+        qk = torch.cat([blk.attention.q_norm(qk[:, : a.n_head]), blk.attention.k_norm(qk[:, a.n_head:])], 1)
+    qk = rotate(qk, cos, sin, model.rope_half)  # [R, H + Hkv, hd]
     q, k = qk.split([a.n_head, a.n_kv_head], dim=1)  # [R, H, hd], [R, Hkv, hd]
     v = qkv_[:, nq * a.head_dim:].reshape(R, a.n_kv_head, a.head_dim)  # [R, Hkv, hd]
     return q, k, v
 
 
 def finish(model: Transformer, layer: int, x: Tensor, att: Tensor) -> Tensor:
-    """The rest of block `layer`: output projection, residual, SwiGLU MLP, residual. att [R, H*hd]."""
-    blk = model.layers[layer]
-    x = x + F.linear(att, blk.attention.wo.weight)  # [R, D]
+    """The rest of block `layer`: output projection, residual, gated MLP (SwiGLU or GeGLU), residual;
+    with sandwich norms (Gemma) each branch's output is normed before its residual add. att [R, H*hd]."""
+    a, blk = model.args, model.layers[layer]
+    o = F.linear(att, blk.attention.wo.weight)  # [R, D]
+    x = x + (blk.post_attention_norm(o) if a.sandwich_norm else o)
     gate, up = F.linear(blk.ffn_norm(x), blk.feed_forward.w13.weight).chunk(2, dim=-1)  # [R, I] each
-    return x + F.linear(F.silu(gate) * up, blk.feed_forward.w2.weight)  # [R, D]
+    m = F.linear(_act(a, gate) * up, blk.feed_forward.w2.weight)  # [R, D]
+    return x + (blk.post_ffn_norm(m) if a.sandwich_norm else m)
 
 
 def head(model: Transformer, x: Tensor) -> Tensor:
@@ -182,17 +244,18 @@ def _rows_first(o: Tensor, R: int) -> Tensor:
     return o.view(n_kv, R, -1, hd).transpose(0, 1).reshape(R, -1)
 
 
-def attend(q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]]) -> Tensor:
+def attend(q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]], scale: float | None = None) -> Tensor:
     """Softmax attention of rows q [R, H, hd] over the concatenation of context parts, each
     (K [Hkv, T_i, hd], V [Hkv, T_i, hd], visible [R, T_i] bool or None = all), without copying
-    the parts together. Returns [R, H*hd]."""
+    the parts together; scores times `scale` (default 1 / sqrt(hd)). Returns [R, H*hd]."""
     R, H, hd = q.shape
+    scale = 1.0 / math.sqrt(hd) if scale is None else scale
     n_kv = parts[0][0].shape[0]
     G = H // n_kv
     qh = _heads_first(q, n_kv)  # [Hkv, R*G, hd]
     scores = []
     for K, _, vis in parts:
-        s = torch.matmul(qh, K.transpose(1, 2)) * (1.0 / math.sqrt(hd))  # [Hkv, R*G, T_i]
+        s = torch.matmul(qh, K.transpose(1, 2)) * scale  # [Hkv, R*G, T_i]
         if vis is not None:
             s = s.masked_fill(~vis.repeat_interleave(G, 0)[None], float("-inf"))
         scores.append(s)
@@ -206,12 +269,13 @@ def attend(q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]]) -> Tens
     return _rows_first(out, R)
 
 
-def attend_one(q: Tensor, K: Tensor, V: Tensor) -> Tensor:
+def attend_one(q: Tensor, K: Tensor, V: Tensor, scale: float | None = None) -> Tensor:
     """One row over one contiguous context, no mask: the batch-invariant form, whose rounding depends
     only on the row and its context (which are AR's). q [1, H, hd]; K, V [Hkv, T, hd]. -> [1, H*hd]."""
     hd = q.shape[-1]
+    scale = 1.0 / math.sqrt(hd) if scale is None else scale
     qh = _heads_first(q, K.shape[0])  # [Hkv, G, hd]
-    s = torch.matmul(qh, K.transpose(1, 2)) * (1.0 / math.sqrt(hd))  # [Hkv, G, T]
+    s = torch.matmul(qh, K.transpose(1, 2)) * scale  # [Hkv, G, T]
     return _rows_first(torch.matmul(torch.softmax(s, dim=-1), V), 1)
 
 
@@ -219,13 +283,16 @@ def prefill(model: Transformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Run tokens [T] through every block (causal); returns the cache K, V [L, Hkv, T, hd]."""
     T = tokens.shape[0]
     pos = torch.arange(T)
+    a = model.args
     causal = torch.ones(T, T, dtype=torch.bool).tril()  # [T, T]
     x = embed(model, tokens)  # [T, D]
     ks, vs = [], []
-    for layer in range(model.args.n_layer):
+    for layer in range(a.n_layer):
         q, k, v = qkv(model, layer, x, pos)
         K, V = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, T, hd]
-        x = finish(model, layer, x, attend(q, [(K, V, causal)]))
+        w = window(a, layer)
+        mask = causal if not w else causal & ~torch.ones(T, T, dtype=torch.bool).tril(-w)  # key > query - w
+        x = finish(model, layer, x, attend(q, [(K, V, mask)], attn_scale(a)))
         ks.append(K)
         vs.append(V)
     return torch.stack(ks), torch.stack(vs)
@@ -262,8 +329,6 @@ def from_state(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32) ->
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ValueError(f"weights missing from the state dict: {missing[:3]}")
-    model.rope_cos, model.rope_sin = rope_tables(a)
-    model.rope_half = rotate_half_matrix(a.head_dim)
     return model.to_dtype(dtype).eval().requires_grad_(False)
 
 
@@ -284,13 +349,14 @@ def random_state(a: ModelArgs, seed: int = 0, scale: float = 1.0) -> dict:
     def w(*shape, std):
         return torch.randn(*shape, generator=g, dtype=torch.float64) * std * scale
 
-    s = {"tok_embeddings.weight": w(a.vocab, a.dim, std=1.0), "norm.weight": 1 + w(a.dim, std=0.1)}
+    one = 1 - a.norm_offset  # norms start near a scale of 1 (Gemma stores w of (1 + w))
+    s = {"tok_embeddings.weight": w(a.vocab, a.dim, std=1.0), "norm.weight": one + w(a.dim, std=0.1)}
     if not a.tied:
         s["output.weight"] = w(a.vocab, a.dim, std=a.dim ** -0.5)
     for i in range(a.n_layer):
         p = f"layers.{i}."
-        s[p + "attention_norm.weight"] = 1 + w(a.dim, std=0.1)
-        s[p + "ffn_norm.weight"] = 1 + w(a.dim, std=0.1)
+        s[p + "attention_norm.weight"] = one + w(a.dim, std=0.1)
+        s[p + "ffn_norm.weight"] = one + w(a.dim, std=0.1)
         s[p + "attention.wq.weight"] = w(a.n_head * a.head_dim, a.dim, std=a.dim ** -0.5)
         s[p + "attention.wk.weight"] = w(a.n_kv_head * a.head_dim, a.dim, std=a.dim ** -0.5)
         s[p + "attention.wv.weight"] = w(a.n_kv_head * a.head_dim, a.dim, std=a.dim ** -0.5)
@@ -298,4 +364,10 @@ def random_state(a: ModelArgs, seed: int = 0, scale: float = 1.0) -> dict:
         s[p + "feed_forward.w1.weight"] = w(a.intermediate, a.dim, std=a.dim ** -0.5)
         s[p + "feed_forward.w3.weight"] = w(a.intermediate, a.dim, std=a.dim ** -0.5)
         s[p + "feed_forward.w2.weight"] = w(a.dim, a.intermediate, std=a.intermediate ** -0.5)
+        if a.qk_norm:
+            s[p + "attention.q_norm.weight"] = one + w(a.head_dim, std=0.1)
+            s[p + "attention.k_norm.weight"] = one + w(a.head_dim, std=0.1)
+        if a.sandwich_norm:
+            s[p + "post_attention_norm.weight"] = one + w(a.dim, std=0.1)
+            s[p + "post_ffn_norm.weight"] = one + w(a.dim, std=0.1)
     return s
