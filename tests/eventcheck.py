@@ -19,6 +19,8 @@ def check_event_log(events: np.ndarray, lat) -> None:
     for e in events:
         s, v = int(e["seq"]), int(e["node"])
         assert (s, v) not in gone, f"event on discarded node {v}: {e}"
+        # a node's parent is the one it was spawned under, until it becomes the anchor (none: -1)
+        assert e["kind"] == SPAWN or int(e["parent"]) in (parent.get((s, v)), -1), f"wrong parent: {e}"
         if e["kind"] == SPAWN:
             p = int(e["parent"])
             parent[s, v], token[s, v] = p, int(e["token"])
@@ -47,6 +49,7 @@ def check_event_log(events: np.ndarray, lat) -> None:
             children[s, parent[s, v]].discard(token[s, v])  # live siblings must differ, not all-time ones
     c = lat.counters
     assert len(c.load_rows) == len(c.head_rows) == lat.M + 1  # histograms over 0..M rows
+    assert c.load_rows.dtype == c.head_rows.dtype == np.int64
     assert (node_layers == c.node_layers).all()
     assert (exits == c.head_evals).all()
     assert (waste == c.wasted_node_layers).all()

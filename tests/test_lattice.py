@@ -73,6 +73,31 @@ def test_jumps_are_exact(tp, seed):
     assert (a.counters.load_rows == b.counters.load_rows).all() and (a.output == b.output).all()
 
 
+@pytest.mark.parametrize("policy", ["align-1", "align-2", "align-3", "adaptive"])
+def test_lowest_layer_first_jumps_exactly_with_few_explorers(policy):
+    """Lowest-layer-first holds its choice only while no node left out (or one layer behind) could
+    join it: with fewer explorers than nodes, jumping must give the rounds of stepping."""
+    trace = synth_trace("llama2-7b", 6, 24, ead="beta:1.4,1.8,0.08", seed=3)
+    kind, _, k = policy.partition("-")
+    exits = np.arange(4, trace.L + 1, 4)  # sparse: rounds between exits are jumped
+    p = (make_policy("dex", trace.L, exits=exits, explorers=int(k), buffer=6, priority="align") if kind == "align"
+         else make_policy("adaptive", trace.L, exits=exits, threshold=0.3, buffer=3))
+    a, b = (core.run(core.Lattice(L=trace.L, exits=p.exits, capacity=p.buffer + 1,
+                                  root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                                  max_tokens=np.diff(trace.seq_offsets)), p, ex)
+            for ex in (ReplayExecutor(trace), _Stepping(trace)))
+    assert a.counters.totals() == b.counters.totals() and a.counters.totals()["fallbacks"] < trace.n_tokens
+
+
+@given(traces(), st.data())
+def test_layerskip_guesses_only_at_its_exit(trace, data):
+    e = data.draw(st.sampled_from(trace.depths.tolist()))
+    lat = replay(trace, LayerSkip(trace.L, e, data.draw(st.integers(0, 4))), record_events=True)
+    ev = lat.events()
+    assert (ev[(ev["kind"] == core.SPAWN) & (ev["n"] > 0)]["n"] == e).all()
+    check_event_log(ev, lat)
+
+
 class _PythonRounds(ReplayExecutor):
     """The same executor, but a subclass: the core runs it one Python `step` at a time."""
 
