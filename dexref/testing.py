@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from dexsim import lattice as core
@@ -116,3 +117,13 @@ def max_live(lat: core.Lattice) -> np.ndarray:
         elif kind in (core.DISCARD, core.COMMIT):
             live[s] -= 1
     return best
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one thread (two OpenMP threads on a busy 2-core machine wait on each other).
+    A test module takes it with `from dexref.testing import one_thread`."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

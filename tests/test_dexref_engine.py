@@ -12,20 +12,13 @@ torch = pytest.importorskip("torch")
 from dexref import record as rec  # noqa: E402
 from dexref.engine import Sampling, generate, reference_states  # noqa: E402
 from dexref.testing import max_live, on_path_events, random_prompts, tiny_model  # noqa: E402
+from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.replay import make_policy, replay  # noqa: E402
 from dexsim.trace import load_trace  # noqa: E402
 
 SEEDS = [0, 1, 2, 3, 5, 8]
 NEW = 24
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (two OpenMP threads on a busy 2-core machine wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def policies(L: int) -> list:

@@ -17,18 +17,12 @@ from dexref.cli import main  # noqa: E402
 from dexref.engine import generate  # noqa: E402
 from dexref.model import from_state, random_state  # noqa: E402
 from dexref.testing import random_prompts, tiny_model, write_tiny_cache  # noqa: E402
+from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.errors import UserError  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 
 NEW = 16
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def strong_adapters(model, seed: int, depths=None) -> exits.Adapters:

@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from dexref.engine import generate  # noqa: E402
 from dexref.model import ModelArgs, from_state, random_state, window  # noqa: E402
+from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.errors import UserError  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 
@@ -22,14 +23,6 @@ TINY = ModelArgs(n_layer=4, dim=32, n_head=4, n_kv_head=2, head_dim=16, intermed
                  norm_offset=1.0, qk_norm=True, sandwich_norm=True, act="gelu_tanh", embed_scale=True,
                  attn_scalar=24.0, sliding_window=5, global_every=2, rope_local_base=1e4)
 
-
-@pytest.fixture
-def one_thread():
-    """One BLAS thread: on this shared 2-core CPU two threads make the small per-token ops several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def policies(L):
@@ -46,7 +39,7 @@ def test_window_pattern():
     assert window(ModelArgs(), 0) == 0  # Llama: every layer global
 
 
-def test_tiny_gemma3_every_policy_equals_transformers(one_thread):
+def test_tiny_gemma3_every_policy_equals_transformers():
     pytest.importorskip("transformers")
     from dexref.hf import hf_greedy, hf_model
 
@@ -77,7 +70,7 @@ def folder():
         pytest.skip(str(e))
 
 
-def test_real_gemma3_ar_and_dex_equal_transformers_generate(folder, one_thread):
+def test_real_gemma3_ar_and_dex_equal_transformers_generate(folder):
     pytest.importorskip("transformers")
     from safetensors.torch import load_file
 

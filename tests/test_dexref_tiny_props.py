@@ -31,6 +31,7 @@ torch = pytest.importorskip("torch")
 from dexref.engine import Sampling, TorchExecutor, generate, reference_states  # noqa: E402
 from dexref.model import ModelArgs, attend_one, embed, finish, head, prefill, qkv, random_state  # noqa: E402
 from dexref.model import from_state  # noqa: E402
+from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.policies import DEX, PRIORITIES  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 
@@ -40,14 +41,6 @@ def examples(n_ci: int) -> int:
     (dev 60 -> 40%, thorough 2000 -> 13x, mutation 12 -> 8%)."""
     return max(2, round(n_ci * settings.default.max_examples / 150))
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (two OpenMP threads on a busy 2-core machine wait on each other)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------- the drawn setting
