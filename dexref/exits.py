@@ -35,6 +35,7 @@ from torch import Tensor
 
 from dexsim.errors import UserError
 
+from .fetch import sha256_file
 from .model import Transformer, attn_scale, embed, finish, head, prefill, qkv, window
 
 FORMAT = "dex-exits/1"
@@ -283,14 +284,6 @@ def evaluate(model: Transformer, states: Tensor, adapters: Adapters | None, chun
 
 
 # ---------------------------------------------------------------------------- files
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
 
 def save(path: str | Path, model: Transformer, A: dict, B: dict, *, model_name: str, training: dict) -> dict:
     """Write NAME.safetensors and the manifest NAME.json (`path` names either); returns the manifest."""
