@@ -119,6 +119,16 @@ def max_live(lat: core.Lattice) -> np.ndarray:
     return best
 
 
+def node_path(lat: core.Lattice, si: int, ji: int, prompt) -> tuple:
+    """The tokens node (si, ji) stands at the end of: the prompt, what is committed, then the node's
+    branch tokens from below the anchor down to itself."""
+    below = []
+    while lat.parent[si, ji] >= 0:
+        below.append(int(lat.token[si, ji]))
+        ji = int(lat.parent[si, ji])
+    return tuple(prompt) + tuple(lat.output[si, : lat.counters.tokens[si]].tolist()) + tuple(below[::-1])
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny tensors: one thread (two OpenMP threads on a busy 2-core machine wait on each other).

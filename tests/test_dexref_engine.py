@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 
 from dexref import record as rec  # noqa: E402
 from dexref.engine import Sampling, generate, reference_states  # noqa: E402
-from dexref.testing import max_live, on_path_events, random_prompts, tiny_model  # noqa: E402
+from dexref.testing import max_live, node_path, on_path_events, random_prompts, tiny_model  # noqa: E402
 from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.replay import make_policy, replay  # noqa: E402
 from dexsim.trace import load_trace  # noqa: E402
@@ -116,16 +116,12 @@ def test_batch_invariant_states_are_bitwise_ar(seed, dtype):
     def observe(lat, s, j, depth, states):
         for r in range(len(s)):
             si, ji = int(s[r]), int(j[r])
-            path, x = [], ji
-            while lat.parent[si, x] >= 0:
-                path.append(int(lat.token[si, x]))
-                x = int(lat.parent[si, x])
-            seq = tuple(prompt + lat.output[si, : lat.counters.tokens[si]].tolist() + path[::-1])
+            seq = node_path(lat, si, ji, prompt)
             assert len(seq) - 1 == lat.pos[si, ji]
             if seq not in cache:
                 cache[seq] = reference_states(model, list(seq), len(prompt))[-1]  # [L+1, D]
             assert torch.equal(cache[seq][depth], states[r]), (depth, seq)
-            checked.append(len(path))
+            checked.append(len(seq) - len(prompt) - int(lat.counters.tokens[si]))
 
     for policy in (make_policy("dex", a.n_layer, explorers=4, buffer=6),
                    make_policy("layerskip", a.n_layer, exit=1, draft=3),

@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dexref.engine import generate, reference_states  # noqa: E402
+from dexref.testing import node_path  # noqa: E402
 from dexsim.errors import UserError  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 
@@ -92,15 +93,11 @@ def test_batch_invariant_float32_states_are_bitwise_ar(folder, prompts):
     def observe(lat, s, j, depth, states):
         for r in range(len(s)):
             si, ji = int(s[r]), int(j[r])
-            path, x = [], ji
-            while lat.parent[si, x] >= 0:
-                path.append(int(lat.token[si, x]))
-                x = int(lat.parent[si, x])
-            seq = tuple(prompt + lat.output[si, : lat.counters.tokens[si]].tolist() + path[::-1])
+            seq = node_path(lat, si, ji, prompt)
             if seq not in cache:
                 cache[seq] = reference_states(model, list(seq), len(prompt))[-1]
             assert torch.equal(cache[seq][depth], states[r])
-            checked.append(len(path))
+            checked.append(len(seq) - len(prompt) - int(lat.counters.tokens[si]))
 
     policy = make_policy("dex", a.n_layer, exits=np.array([22, 26, 30]), explorers=4, buffer=4)
     run = generate(model, [prompt], policy, new, batch_invariant=True, observe=observe)

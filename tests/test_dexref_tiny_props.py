@@ -31,7 +31,7 @@ torch = pytest.importorskip("torch")
 from dexref.engine import Sampling, TorchExecutor, generate, reference_states  # noqa: E402
 from dexref.model import ModelArgs, attend_one, embed, finish, head, prefill, qkv, random_state  # noqa: E402
 from dexref.model import from_state  # noqa: E402
-from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
+from dexref.testing import node_path, one_thread  # noqa: E402, F401  (one_thread: autouse fixture)
 from dexsim.policies import DEX, PRIORITIES  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 
@@ -258,15 +258,11 @@ def test_batch_invariant_states_are_ar_states_bit_for_bit(case):
 
     def observe(lat, s, j, depth, states):
         for r in range(len(s)):
-            si, x = int(s[r]), int(j[r])
-            below = []
-            while lat.parent[si, x] >= 0:
-                below.append(int(lat.token[si, x]))
-                x = int(lat.parent[si, x])
-            path = case.prompts[si] + tuple(lat.output[si, : lat.counters.tokens[si]].tolist()) + tuple(below[::-1])
+            si = int(s[r])
+            path = node_path(lat, si, int(j[r]), case.prompts[si])
             assert len(path) - 1 == lat.pos[si, j[r]]
             assert torch.equal(refs[si].states(path)[depth], states[r]), (si, path, depth)
-            checked.append(len(below))
+            checked.append(path)
 
     ar = case.run(make_policy("ar", case.n_layer), batch_invariant=True)
     run = case.run(policy, batch_invariant=True, observe=observe)
