@@ -152,7 +152,6 @@ def convert_gguf(gguf_path: Path, out: Path, name: str, source: ModelSource | No
     import torch
     from gguf import GGUFReader
     from gguf.quants import dequantize
-    from safetensors.torch import save_file
 
     reader = GGUFReader(str(gguf_path))
     arch = _field(reader, "general.architecture")
@@ -192,13 +191,20 @@ def convert_gguf(gguf_path: Path, out: Path, name: str, source: ModelSource | No
         else:
             key = names[t.name]
         state[key] = torch.from_numpy(np.ascontiguousarray(w))
+    meta = _write_cache(out, state, cfg, name, gguf_path, source, dtype="float32 (dequantized from the GGUF)")
+    _save_tokenizer(reader, out)
+    return meta
+
+
+def _write_cache(out: Path, state: dict, cfg: dict, name: str, gguf_path: Path, source, **extra) -> dict:
+    """The weights and config.json (what the model is and where it came from) of a cache folder."""
+    from safetensors.torch import save_file
+
     cfg["tied"] = "output.weight" not in state
     out.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out / "model.safetensors"))
-    _save_tokenizer(reader, out)
     meta = {"name": name, "args": cfg, "gguf": gguf_path.name, "gguf_sha256": sha256_file(gguf_path),
-            "source": None if source is None else source.describe(),
-            "dtype": "float32 (dequantized from the GGUF)"}
+            "source": None if source is None else source.describe(), **extra}
     (out / "config.json").write_text(json.dumps(meta, indent=1))
     return meta
 
@@ -217,7 +223,6 @@ def _convert_gemma3(reader, gguf_path: Path, out: Path, name: str, source: Model
     head_dim, every 6th layer global, rotary base 10,000 on the local layers."""
     import torch
     from gguf.quants import dequantize
-    from safetensors.torch import save_file
 
     g = lambda key, default=None: _field(reader, f"gemma3.{key}", default)  # noqa: E731
     hd = int(g("attention.key_length"))
@@ -246,14 +251,9 @@ def _convert_gemma3(reader, gguf_path: Path, out: Path, name: str, source: Model
         if key.endswith("norm.weight"):
             w = w - np.float32(1.0)  # llama.cpp stored 1 + w
         state[key] = torch.from_numpy(np.ascontiguousarray(w))
-    cfg["tied"] = "output.weight" not in state
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(state, str(out / "model.safetensors"))
+    meta = _write_cache(out, state, cfg, name, gguf_path, source, add_bos=True,
+                        dtype="float32 (dequantized from the GGUF; RMSNorm weights minus the 1 llama.cpp added)")
     _save_sentencepiece_tokenizer(reader, out)
-    meta = {"name": name, "args": cfg, "gguf": gguf_path.name, "gguf_sha256": sha256_file(gguf_path),
-            "source": None if source is None else source.describe(), "add_bos": True,
-            "dtype": "float32 (dequantized from the GGUF; RMSNorm weights minus the 1 llama.cpp added)"}
-    (out / "config.json").write_text(json.dumps(meta, indent=1))
     return meta
 
 
