@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from dexsim import lattice as core
@@ -127,13 +126,3 @@ def node_path(lat: core.Lattice, si: int, ji: int, prompt) -> tuple:
         below.append(int(lat.token[si, ji]))
         ji = int(lat.parent[si, ji])
     return tuple(prompt) + tuple(lat.output[si, : lat.counters.tokens[si]].tolist()) + tuple(below[::-1])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread (two OpenMP threads on a busy 2-core machine wait on each other).
-    A test module takes it with `from dexref.testing import one_thread`."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 from dexref import record as rec  # noqa: E402
 from dexref.engine import Sampling, generate, reference_states  # noqa: E402
 from dexref.testing import max_live, node_path, on_path_events, random_prompts, tiny_model  # noqa: E402
-from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
+from one_thread import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.replay import make_policy, replay  # noqa: E402
 from dexsim.trace import load_trace  # noqa: E402
 

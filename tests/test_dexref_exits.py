@@ -17,7 +17,7 @@ from dexref.cli import main  # noqa: E402
 from dexref.engine import generate  # noqa: E402
 from dexref.model import from_state, random_state  # noqa: E402
 from dexref.testing import random_prompts, tiny_model, write_tiny_cache  # noqa: E402
-from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
+from one_thread import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.errors import UserError  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 

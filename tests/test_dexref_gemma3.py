@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 
 from dexref.engine import generate  # noqa: E402
 from dexref.model import ModelArgs, from_state, random_state, window  # noqa: E402
-from dexref.testing import one_thread  # noqa: E402, F401  (autouse fixture)
+from one_thread import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.errors import UserError  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 

@@ -31,7 +31,8 @@ torch = pytest.importorskip("torch")
 from dexref.engine import Sampling, TorchExecutor, generate, reference_states  # noqa: E402
 from dexref.model import ModelArgs, attend_one, embed, finish, head, prefill, qkv, random_state  # noqa: E402
 from dexref.model import from_state  # noqa: E402
-from dexref.testing import node_path, one_thread  # noqa: E402, F401  (one_thread: autouse fixture)
+from dexref.testing import node_path  # noqa: E402
+from one_thread import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.policies import DEX, PRIORITIES  # noqa: E402
 from dexsim.replay import make_policy  # noqa: E402
 
