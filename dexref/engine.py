@@ -199,7 +199,9 @@ class TorchExecutor:
         q, k, v = qkv(m, layer, x, torch.from_numpy(lat.pos[s, j]))  # [R, H, hd], [R, Hkv, hd] x2
         self.pk[layer].view(-1, *k.shape[1:]).index_copy_(0, flat, k)
         self.pv[layer].view(-1, *v.shape[1:]).index_copy_(0, flat, v)
-        if (s == s[0]).all():  # one sequence (the usual case): no per-sequence split
+        if len(s) == 1 and lat.parent[s[0], j[0]] < 0:  # a lone anchor (most of AR's rounds)
+            att = self._anchor_attend(layer, int(s[0]), q, k, v)
+        elif (s == s[0]).all():  # one sequence (the usual case): no per-sequence split
             att = attend(q, self._context(lat, layer, int(s[0]), j), self.scale)
         else:
             att = torch.empty(len(s), q.shape[1] * q.shape[2], dtype=x.dtype)  # [R, H*hd]
@@ -207,6 +209,17 @@ class TorchExecutor:
                 rows = torch.from_numpy(np.flatnonzero(s == si))
                 att[rows] = attend(q[rows], self._context(lat, layer, si, j[rows.numpy()]), self.scale)
         self.h.view(-1, D).index_copy_(0, flat, finish(m, layer, x, att))
+
+    def _anchor_attend(self, layer, si, q, k, v):
+        """Attention of the anchor, alone: it sees the committed cache and itself, so its key and value
+        go in the cache at its position (the first one past the committed ones: read by nobody until
+        the anchor commits, when `committed` writes the same values there) and it attends over one
+        contiguous context, as an AR step does: no pool, no mask."""
+        n, w = int(self.n_cached[si]), window(self.model.args, layer)
+        self.k[layer, si, :, n] = k[0]
+        self.v[layer, si, :, n] = v[0]
+        lo = max(0, n + 1 - w) if w else 0
+        return attend_one(q, self.k[layer, si, :, lo: n + 1], self.v[layer, si, :, lo: n + 1], self.scale)
 
     def _context(self, lat, layer, si, js):
         """Attention context parts of nodes js of sequence si at `layer`: the committed cache (all
