@@ -30,18 +30,35 @@ from dexsim.replay import make_policy  # noqa: E402
 
 
 def policies(L: int):
+    """The same settings for any depth: on SmolLM2 (L = 30) late exits are {16, 20, 24, 27, 30} and
+    LayerSkip exits at 15 and 24."""
     every3 = np.r_[np.arange(3, L, 3), L]
-    late = np.array([16, 20, 24, 27, L])
+    late = np.r_[np.unique(np.round(L * np.array([16, 20, 24, 27]) / 30).astype(int)), L]
+    mid, deep = L // 2, round(L * 0.8)
     return [
         ("ar", make_policy("ar", L)),
-        ("layerskip e=15 g=4", make_policy("layerskip", L, exit=15, draft=4)),
-        ("layerskip e=24 g=2", make_policy("layerskip", L, exit=24, draft=2)),
+        ("layerskip e=L/2 g=4", make_policy("layerskip", L, exit=mid, draft=4)),
+        ("layerskip e=0.8L g=2", make_policy("layerskip", L, exit=deep, draft=2)),
         ("adaptive tau=0.5 E=every3", make_policy("adaptive", L, exits=every3, threshold=0.5, buffer=4)),
         ("dex k=1 B=2 E=late", make_policy("dex", L, exits=late, explorers=1, buffer=2)),
         ("dex k=2 B=4 E=late align", make_policy("dex", L, exits=late, explorers=2, buffer=4, priority="align")),
         ("dex k=4 B=8 E=every3", make_policy("dex", L, exits=every3, explorers=4, buffer=8)),
         ("dex k=8 B=8 E=late deep", make_policy("dex", L, exits=late, explorers=8, buffer=8, priority="deep")),
     ]
+
+
+def long_prompts(tok: Tok, n_tokens: int, count: int) -> list[list[int]]:
+    """`count` prompts of exactly n_tokens tokens: HumanEval prompts i, i+1, ... joined, cut at n_tokens
+    (longer than a sliding window, to test it on a real model)."""
+    texts = [r["text"] for r in load_prompts("humaneval")]
+    out = []
+    for i in range(count):
+        ids, k = [], i
+        while len(ids) < n_tokens:
+            ids += tok.encode(texts[k % len(texts)])
+            k += 1
+        out.append(ids[:n_tokens])
+    return out
 
 
 def first_diff(a: list[int], b: list[int]) -> int | None:
@@ -107,10 +124,12 @@ def main() -> int:
     ap.add_argument("--new", type=int, default=32)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--modes", default="float64,float32,float32-bi")
+    ap.add_argument("--long", type=int, default=0,
+                    help="prompts of exactly this many tokens (HumanEval prompts joined) instead of HumanEval's own")
     ap.add_argument("--out", default=None)
     ap.add_argument("--versus-trace", default=None,
                     help="instead: float32 fast mode, batch 1, against this batch-invariant trace's tokens")
-    ap.add_argument("--policies", default="ar,dex k=4 B=8 E=every3,dex k=8 B=8 E=late deep,layerskip e=15 g=4",
+    ap.add_argument("--policies", default="ar,dex k=4 B=8 E=every3,dex k=8 B=8 E=late deep,layerskip e=L/2 g=4",
                     help="with --versus-trace: which policies")
     args = ap.parse_args()
     if args.threads:
@@ -119,7 +138,10 @@ def main() -> int:
         return versus_trace(args.versus_trace, args.policies.split(","), args.threads)
     folder = require_model(args.model)
     tok = Tok(folder)
-    prompts = [tok.encode(r["text"]) for r in load_prompts("humaneval", args.prompts)]
+    if args.long:
+        prompts = long_prompts(tok, args.long, args.prompts)
+    else:
+        prompts = [tok.encode(r["text"]) for r in load_prompts("humaneval", args.prompts)]
     from safetensors.torch import load_file
 
     state = load_file(str(folder / "model.safetensors"))
@@ -160,7 +182,7 @@ def main() -> int:
             row["flips_vs_hf64"] = flips
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summary = {"prompts": len(prompts), "new": args.new, "threads": torch.get_num_threads(),
+    summary = {"model": args.model, "prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts], "new": args.new, "threads": torch.get_num_threads(),
                "hf32_differs_from_hf64": sum(x != y for x, y in zip(ref["hf32"], ref["hf64"])),
                "fp64_min_top2_gap": min(gaps), "fp64_gaps_below_1e-3": int(sum(g < 1e-3 for g in gaps)),
                "fp64_tokens": len(gaps)}

@@ -22,9 +22,11 @@ KV organisation (per sequence s of the S decoded together, per layer l):
   `window` positions of that context (itself included), as AR does.
 
 Two numeric modes. `fast` batches rows at a layer and attends over cache + masked pool without
-copying. `batch_invariant` computes every node alone (one row) over its context laid out
-contiguously in position order, exactly as an AR step at that position would, so every node's
-states are bitwise equal to AR's (`reference_states` recomputes them for the tests).
+copying (a row alone at its layer takes the one-row path below). `batch_invariant` computes every
+node alone (one row) over its context laid out contiguously in position order, exactly as an AR step
+at that position would, so every node's states are bitwise equal to AR's (`reference_states`
+recomputes them for the tests). The one-row path lays the context out in the cache itself: positions
+past the committed ones are scratch, where the node's path is copied before it attends.
 
 Sampling (DESIGN.md section 3): greedy (argmax, lowest id on ties) or seeded Gumbel-max,
 argmax(logits / T + G(seed, position)), the noise depending only on the seed and the position of the
@@ -92,7 +94,7 @@ class TorchExecutor:
         self.model, self.sampling, self.batch_invariant = model, sampling, batch_invariant
         dt = model.tok_embeddings.weight.dtype
         S, M, L = len(prompts), capacity, a.n_layer
-        T = max(len(p) for p in prompts) + max_new_tokens + 1
+        T = max(len(p) for p in prompts) + max_new_tokens + M  # positions a node can take
         self.k = torch.zeros(L, S, a.n_kv_head, T, a.head_dim, dtype=dt)  # committed keys
         self.v = torch.zeros_like(self.k)  # committed values
         self.pk = torch.zeros(L, S, M, a.n_kv_head, a.head_dim, dtype=dt)  # node keys, by pool slot
@@ -161,7 +163,7 @@ class TorchExecutor:
     def _round(self, lat, s, j, depth):
         for layer in np.unique(depth).tolist():  # one call per layer: its rows share the weights
             sel = depth == layer
-            if self.batch_invariant:
+            if self.batch_invariant or sel.sum() == 1:  # a lone row: most of AR's and many of dex's
                 for si, ji in zip(s[sel].tolist(), j[sel].tolist()):
                     self._layer_one(lat, layer, si, ji)
             else:
@@ -199,9 +201,7 @@ class TorchExecutor:
         q, k, v = qkv(m, layer, x, torch.from_numpy(lat.pos[s, j]))  # [R, H, hd], [R, Hkv, hd] x2
         self.pk[layer].view(-1, *k.shape[1:]).index_copy_(0, flat, k)
         self.pv[layer].view(-1, *v.shape[1:]).index_copy_(0, flat, v)
-        if len(s) == 1 and lat.parent[s[0], j[0]] < 0:  # a lone anchor (most of AR's rounds)
-            att = self._anchor_attend(layer, int(s[0]), q, k, v)
-        elif (s == s[0]).all():  # one sequence (the usual case): no per-sequence split
+        if (s == s[0]).all():  # one sequence (the usual case): no per-sequence split
             att = attend(q, self._context(lat, layer, int(s[0]), j), self.scale)
         else:
             att = torch.empty(len(s), q.shape[1] * q.shape[2], dtype=x.dtype)  # [R, H*hd]
@@ -209,17 +209,6 @@ class TorchExecutor:
                 rows = torch.from_numpy(np.flatnonzero(s == si))
                 att[rows] = attend(q[rows], self._context(lat, layer, si, j[rows.numpy()]), self.scale)
         self.h.view(-1, D).index_copy_(0, flat, finish(m, layer, x, att))
-
-    def _anchor_attend(self, layer, si, q, k, v):
-        """Attention of the anchor, alone: it sees the committed cache and itself, so its key and value
-        go in the cache at its position (the first one past the committed ones: read by nobody until
-        the anchor commits, when `committed` writes the same values there) and it attends over one
-        contiguous context, as an AR step does: no pool, no mask."""
-        n, w = int(self.n_cached[si]), window(self.model.args, layer)
-        self.k[layer, si, :, n] = k[0]
-        self.v[layer, si, :, n] = v[0]
-        lo = max(0, n + 1 - w) if w else 0
-        return attend_one(q, self.k[layer, si, :, lo: n + 1], self.v[layer, si, :, lo: n + 1], self.scale)
 
     def _context(self, lat, layer, si, js):
         """Attention context parts of nodes js of sequence si at `layer`: the committed cache (all
@@ -240,20 +229,28 @@ class TorchExecutor:
         return parts
 
     def _layer_one(self, lat, layer, si, ji):
-        """Layer `layer` of one node, alone, over its context in position order (AR's layout)."""
+        """Layer `layer` of one node, alone, over its context in position order, as an AR step at its
+        position computes it: the committed cache, then its ancestors' and its own keys and values,
+        copied in behind the committed ones. Cache positions from n_cached on are scratch (nothing
+        else reads them; `committed` writes each anchor's keys there for good), so the context is one
+        contiguous slice and nothing but the path is copied."""
         m = self.model
-        p = int(lat.tag[si, ji])
+        p, pos, n = int(lat.tag[si, ji]), int(lat.pos[si, ji]), int(self.n_cached[si])
         x = self.h[si, p][None]  # [1, D]
-        q, k, v = qkv(m, layer, x, torch.tensor([int(lat.pos[si, ji])]))
+        q, k, v = qkv(m, layer, x, torch.tensor([pos]))
         self.pk[layer, si, p] = k[0]
         self.pv[layer, si, p] = v[0]
-        path = torch.tensor(self._path(lat, si, ji))  # pool slots, anchor first, the node last
-        n = int(self.n_cached[si])
-        K = torch.cat([self.k[layer, si, :, :n], self.pk[layer, si, path].transpose(0, 1)], 1)  # [Hkv, pos+1, hd]
-        V = torch.cat([self.v[layer, si, :, :n], self.pv[layer, si, path].transpose(0, 1)], 1)
+        path = self._path(lat, si, ji)  # pool slots of positions n .. pos
+        if len(path) == 1:
+            self.k[layer, si, :, n] = k[0]
+            self.v[layer, si, :, n] = v[0]
+        else:
+            path = torch.tensor(path)
+            self.k[layer, si, :, n: pos + 1] = self.pk[layer, si, path].transpose(0, 1)  # [Hkv, pos+1-n, hd]
+            self.v[layer, si, :, n: pos + 1] = self.pv[layer, si, path].transpose(0, 1)
         w = window(m.args, layer)
-        if w:  # the last w positions (AR's sliding window)
-            K, V = K[:, -w:], V[:, -w:]
+        lo = max(0, pos + 1 - w) if w else 0  # a sliding window: the last w positions
+        K, V = self.k[layer, si, :, lo: pos + 1], self.v[layer, si, :, lo: pos + 1]  # [Hkv, pos+1-lo, hd]
         self.h[si, p] = finish(m, layer, x, attend_one(q, K, V, self.scale))[0]
 
     @staticmethod
@@ -289,6 +286,11 @@ class TorchExecutor:
         if pos not in self.noise:
             self.noise[pos] = gumbel_noise(self.sampling.seed, pos, vocab)
         return self.noise[pos]
+
+    def committed_cache(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values [L, Hkv, n, hd] of sequence s's committed positions (the rest is scratch)."""
+        n = int(self.n_cached[s])
+        return self.k[:, s, :, :n], self.v[:, s, :, :n]
 
     # ------------------------------------------------------------------ recorded rows
 
