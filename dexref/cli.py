@@ -200,6 +200,8 @@ def cmd_record(args) -> int:
         raise UserError(f"--limit {args.limit}: must be >= 1")
     if args.batch < 1:
         raise UserError(f"--batch {args.batch}: must be >= 1")
+    if not args.cache_gib > 0:
+        raise UserError(f"--cache-gib {args.cache_gib}: must be > 0")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {args.out}: no such folder {out_dir}")
@@ -217,6 +219,7 @@ def cmd_record(args) -> int:
     with tqdm(total=len(prompts), desc="record", unit="prompt", file=sys.stderr, mininterval=1) as bar:
         arrays = record.record(model, prompts, max_new_tokens=args.max_new_tokens, depths=depths, eos=eos,
                                sampling=sampling, batch_invariant=not args.fast, batch=args.batch,
+                               cache_budget=int(args.cache_gib * 2**30),
                                progress=bar.update, heads=heads)
     params = {"model_source": cfg.get("source"), "gguf_sha256": cfg.get("gguf_sha256"), "dataset": args.dataset,
               "prompt_ids": [r["id"] for r in rows], "limit": args.limit, "max_new_tokens": args.max_new_tokens,
@@ -398,7 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="the first N prompts (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--depths", default="all", help="recorded exit depths: all | every:N | d1,d2,...")
-    p.add_argument("--batch", type=int, default=8, help="sequences decoded together")
+    p.add_argument("--batch", type=int, default=8, help="sequences decoded together (at most)")
+    p.add_argument("--cache-gib", type=float, default=2.0,
+                   help="a batch's KV cache stays within this many GiB (long prompts go in smaller batches)")
     p.add_argument("--fast", action="store_true",
                    help="batched fast numerics instead of batch-invariant (states then differ from AR's in the last bits)")
     add_heads_flag(p)

@@ -20,16 +20,36 @@ def record_policy(L: int, depths) -> DEX:
     return DEX(L, np.asarray(depths), explorers=1, buffer=0)
 
 
+def batches(lengths: list[int], batch: int, per_position: int, budget: int) -> list[slice]:
+    """Consecutive groups of at most `batch` sequences whose KV cache (sequences x the longest context
+    length x bytes per position) stays within `budget` bytes; a sequence that alone exceeds it gets a
+    group of its own. (ShareGPT holds prompts of 6k tokens among ones of 60: a fixed batch size either
+    crawls or runs out of memory.)"""
+    out, start, longest = [], 0, 0
+    for i, n in enumerate(lengths):
+        grown = max(longest, n)
+        if i > start and (i - start == batch or (i - start + 1) * grown * per_position > budget):
+            out.append(slice(start, i))
+            start, grown = i, n
+        longest = grown
+    if lengths:
+        out.append(slice(start, len(lengths)))
+    return out
+
+
 def record(model, prompts: list[list[int]], *, max_new_tokens: int, depths, eos: int | None,
            sampling: Sampling = Sampling(), batch_invariant: bool = True, batch: int = 8, progress=None,
-           heads=None):
-    """Decode every prompt, `batch` sequences at a time; returns the trace arrays (no meta). `heads`:
-    trained exit heads (`exits.Adapters`) or None for the logit lens."""
-    L = model.args.n_layer
+           heads=None, cache_budget: int = 2 << 30):
+    """Decode every prompt, up to `batch` sequences at a time and within `cache_budget` bytes of
+    committed KV cache (`batches`); returns the trace arrays (no meta). `heads`: trained exit heads
+    (`exits.Adapters`) or None for the logit lens."""
+    a = model.args
+    L = a.n_layer
+    per_position = 2 * L * a.n_kv_head * a.head_dim * model.tok_embeddings.weight.element_size()  # K and V
     depths = np.asarray(depths, np.int64)
     finals, toks, confs, lengths = [], [], [], []
-    for i in range(0, len(prompts), batch):
-        chunk = prompts[i: i + batch]
+    for part in batches([len(p) + max_new_tokens for p in prompts], batch, per_position, cache_budget):
+        chunk = prompts[part]
         run = generate(model, chunk, record_policy(L, depths), max_new_tokens, sampling=sampling, eos=eos,
                        batch_invariant=batch_invariant, record_depths=depths, heads=heads)
         for s, out in enumerate(run.outputs):
@@ -39,6 +59,7 @@ def record(model, prompts: list[list[int]], *, max_new_tokens: int, depths, eos:
             toks.append(t)
             confs.append(c)
             lengths.append(len(out))
+        del run  # its cache goes before the next batch allocates one
         if progress:
             progress(len(chunk))
     return dict(

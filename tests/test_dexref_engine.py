@@ -189,6 +189,26 @@ def test_recorded_trace_is_valid_and_is_ar(tmp_path):
     assert list(trace.prompt_len) == [len(p) for p in prompts]
 
 
+def test_recording_batches_fit_the_cache_budget_and_change_nothing():
+    lengths = [50, 3, 400, 7, 9, 1200, 2, 2, 2]
+    parts = rec.batches(lengths, batch=3, per_position=1, budget=1000)
+    assert [i for p in parts for i in range(p.start, p.stop)] == list(range(len(lengths)))  # all, in order
+    for p in parts:
+        group = lengths[p]
+        assert len(group) <= 3
+        assert len(group) == 1 or len(group) * max(group) <= 1000  # only a lone sequence may exceed it
+    assert [len(lengths[p]) for p in parts] == [2, 2, 1, 1, 3]
+    model, _, a = tiny_model(5)
+    prompts = random_prompts(5, a.vocab, (9, 2, 30, 4))
+    depths = np.arange(1, a.n_layer + 1)
+    one = rec.record(model, prompts, max_new_tokens=6, depths=depths, eos=None, batch=4, cache_budget=1 << 40)
+    per_position = 2 * a.n_layer * a.n_kv_head * a.head_dim * 8
+    split = rec.record(model, prompts, max_new_tokens=6, depths=depths, eos=None, batch=4,
+                       cache_budget=20 * per_position)  # 30 + 6 positions: alone
+    for k in one:
+        assert np.array_equal(one[k], split[k]), k
+
+
 KEYS = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
 
 
