@@ -101,6 +101,7 @@ class TorchExecutor:
         self.pv = torch.zeros_like(self.pk)
         self.h = torch.zeros(S, M, a.dim, dtype=dt)  # node hidden state at its current depth
         self.n_cached = np.zeros(S, np.int64)  # committed positions in the cache
+        self.positions = torch.arange(T)
         self.free = [list(range(M - 1, -1, -1)) for _ in range(S)]  # free pool slots
         self.slot_of: list[dict[int, tuple[int, int]]] = [{} for _ in range(S)]  # node id -> (pool slot, pos)
         self.slot_pos = np.zeros((S, M), np.int64)  # position of the node in each pool slot
@@ -161,7 +162,7 @@ class TorchExecutor:
             self._round(lat, s[go], j[go], depth0[go] + t)
 
     def _round(self, lat, s, j, depth):
-        for layer in np.unique(depth).tolist():  # one call per layer: its rows share the weights
+        for layer in (np.unique(depth) if len(depth) > 1 else depth).tolist():  # one call per layer: its rows share the weights
             sel = depth == layer
             if self.batch_invariant or sel.sum() == 1:  # a lone row: most of AR's and many of dex's
                 for si, ji in zip(s[sel].tolist(), j[sel].tolist()):
@@ -237,7 +238,7 @@ class TorchExecutor:
         m = self.model
         p, pos, n = int(lat.tag[si, ji]), int(lat.pos[si, ji]), int(self.n_cached[si])
         x = self.h[si, p][None]  # [1, D]
-        q, k, v = qkv(m, layer, x, torch.tensor([pos]))
+        q, k, v = qkv(m, layer, x, self.positions[pos: pos + 1])
         self.pk[layer, si, p] = k[0]
         self.pv[layer, si, p] = v[0]
         path = self._path(lat, si, ji)  # pool slots of positions n .. pos

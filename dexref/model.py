@@ -125,8 +125,7 @@ class BlockWeights:
     ffn_norm: Tensor
     w13: Tensor
     w2: Tensor
-    rope_cos: Tensor
-    rope_sin: Tensor
+    rope: Tensor  # [max_len, 2, hd]: cos and sin
     rope_half: Tensor
     q_norm: Tensor | None = None
     k_norm: Tensor | None = None
@@ -151,13 +150,10 @@ class Transformer(nn.Module):
         and the embedding scale, in dtype; and each block's `BlockWeights` (so weights are changed
         through `to_dtype` or `from_state`, which call this)."""
         a = self.args
-        cos, sin = rope_tables(a)
-        self.register_buffer("rope_cos", cos.to(dtype), persistent=False)  # [max_len, head_dim]
-        self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
+        self.register_buffer("rope", torch.stack(rope_tables(a), 1).to(dtype), persistent=False)  # [max_len, 2, hd]
         if a.rope_local_base:  # the local (sliding-window) layers' own base
-            cos, sin = rope_tables(a, a.rope_local_base)
-            self.register_buffer("rope_cos_local", cos.to(dtype), persistent=False)
-            self.register_buffer("rope_sin_local", sin.to(dtype), persistent=False)
+            local = torch.stack(rope_tables(a, a.rope_local_base), 1)
+            self.register_buffer("rope_local", local.to(dtype), persistent=False)
         self.register_buffer("rope_half", rotate_half_matrix(a.head_dim).to(dtype), persistent=False)  # [hd, hd]
         # Hugging Face's Gemma keeps sqrt(dim) as a float32 buffer and casts it to the weights' dtype.
         self.register_buffer("embed_scale", torch.tensor(a.dim ** 0.5).to(dtype), persistent=False)
@@ -174,8 +170,7 @@ class Transformer(nn.Module):
         return BlockWeights(
             attention_norm=blk.attention_norm.scale(), wqkv=blk.attention.wqkv.weight, wo=blk.attention.wo.weight,
             ffn_norm=blk.ffn_norm.scale(), w13=blk.feed_forward.w13.weight, w2=blk.feed_forward.w2.weight,
-            rope_cos=self.rope_cos_local if local else self.rope_cos,
-            rope_sin=self.rope_sin_local if local else self.rope_sin, rope_half=self.rope_half, **extra)
+            rope=self.rope_local if local else self.rope, rope_half=self.rope_half, **extra)
 
     def to_dtype(self, dtype: torch.dtype) -> "Transformer":
         """Cast weights and the tables."""
@@ -192,11 +187,11 @@ def rope_tables(a: ModelArgs, base: float | None = None) -> tuple[Tensor, Tensor
     return emb.cos(), emb.sin()
 
 
-def rotate(x: Tensor, cos: Tensor, sin: Tensor, half: Tensor) -> Tensor:
+def rotate(x: Tensor, cs: Tensor, half: Tensor) -> Tensor:
     """Rotary embedding, rotate-half form: x * cos + rotate_half(x) * sin, where rotate_half(x1, x2) =
     (-x2, x1) is taken as x @ half, a signed permutation matrix (one product, exact: every output is
-    one input times +-1 plus zeros). x [R, heads, hd]; cos, sin [R, hd]; half [hd, hd]."""
-    return x * cos[:, None, :] + (x @ half) * sin[:, None, :]
+    one input times +-1 plus zeros). x [R, heads, hd]; cs [R, 2, hd] (cos, sin); half [hd, hd]."""
+    return x * cs[:, :1] + (x @ half) * cs[:, 1:]
 
 
 def rotate_half_matrix(hd: int) -> Tensor:
@@ -242,12 +237,12 @@ def qkv(model: Transformer, layer: int, x: Tensor, pos: Tensor) -> tuple[Tensor,
     a, b = model.args, model.blocks[layer]
     R, nq, hd = x.shape[0], a.n_head + a.n_kv_head, a.head_dim
     qkv_ = F.linear(rms_norm(x, b.attention_norm, a.norm_eps), b.wqkv)  # [R, (H + 2 Hkv) * hd]
-    cos, sin = b.rope_cos.index_select(0, pos), b.rope_sin.index_select(0, pos)  # [R, hd]
+    cs = b.rope.index_select(0, pos)  # [R, 2, hd]: cos, sin
     qk = qkv_[:, : nq * hd].view(R, nq, hd)  # [R, H + Hkv, hd]
     if a.qk_norm:  # Gemma: each head normed over hd, queries and keys by their own weights
         qk = torch.cat([rms_norm(qk[:, : a.n_head], b.q_norm, a.norm_eps),
                         rms_norm(qk[:, a.n_head:], b.k_norm, a.norm_eps)], 1)
-    qk = rotate(qk, cos, sin, b.rope_half)  # [R, H + Hkv, hd]
+    qk = rotate(qk, cs, b.rope_half)  # [R, H + Hkv, hd]
     q, k = qk.split([a.n_head, a.n_kv_head], dim=1)  # [R, H, hd], [R, Hkv, hd]
     v = qkv_[:, nq * hd:].reshape(R, a.n_kv_head, hd)  # [R, Hkv, hd]
     return q, k, v

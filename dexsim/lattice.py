@@ -670,13 +670,21 @@ def step(lat: Lattice, policy, executor: Executor) -> None:
         m = np.minimum(hold, to_exit)
     else:
         m = np.ones(len(s), np.int64)
-    chosen = np.zeros((lat.S, lat.M), bool)
-    chosen[s] = chosen_s
-    rounds = np.zeros(lat.S, np.int64)
-    rounds[s] = m
+    everyone = len(s) == lat.S  # (the usual case: the per-round bookkeeping is what a torch executor waits on)
+    if everyone:
+        chosen, rounds = chosen_s, m
+    else:
+        chosen = np.zeros((lat.S, lat.M), bool)
+        chosen[s] = chosen_s
+        rounds = np.zeros(lat.S, np.int64)
+        rounds[s] = m
     lat.advance(executor, chosen, rounds)
     es, ej, tok, conf = lat.read_exits(executor, chosen)
-    want = policy.wants(lat, es, ej, tok, conf)
-    lat.expand(executor, es[want], ej[want], tok[want], policy.buffer, getattr(policy, "evict", False))
+    if len(es):
+        want = policy.wants(lat, es, ej, tok, conf)
+        lat.expand(executor, es[want], ej[want], tok[want], policy.buffer, getattr(policy, "evict", False))
     lat.commit(executor)
-    lat.round[s] += 1
+    if everyone:
+        lat.round += 1
+    else:
+        lat.round[s] += 1
