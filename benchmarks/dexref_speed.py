@@ -30,16 +30,17 @@ from dexsim.replay import make_policy  # noqa: E402
 
 
 def dex_candidates(L: int) -> dict:
-    """A few settings for one CPU: sparse, late exits (every exit read costs a 113 MB head), few
-    explorers (a second row at a layer is not free here: see unit_costs)."""
-    late = lambda *d: np.array([*d, L])  # noqa: E731
-    return {
-        "dex k=2 B=1 E={27,L}": make_policy("dex", L, exits=late(27), explorers=2, buffer=1),
-        "dex k=2 B=1 E={29,L}": make_policy("dex", L, exits=late(29), explorers=2, buffer=1),
-        "dex k=2 B=2 E={24,27,L}": make_policy("dex", L, exits=late(24, 27), explorers=2, buffer=2),
-        "dex k=3 B=2 E={20,24,27,L} deep": make_policy("dex", L, exits=late(20, 24, 27), explorers=3, buffer=2,
-                                                       priority="deep"),
-    }
+    """A few settings for one CPU: sparse, late exits (every exit read costs a full LM head), few
+    explorers (a second row at a layer is not free here: see unit_costs). Depths scale with L; on
+    SmolLM2 (L = 30) they are 27, 29, {24, 27} and {20, 24, 27}."""
+    d = lambda f: round(L * f)  # noqa: E731
+    settings = [(2, 1, [d(0.9)], "eager"), (2, 1, [L - 1], "eager"), (2, 2, [d(0.8), d(0.9)], "eager"),
+                (3, 2, [d(2 / 3), d(0.8), d(0.9)], "deep")]
+    out = {}
+    for k, b, exits, priority in settings:
+        name = f"dex k={k} B={b} E={{{','.join(map(str, exits))},L}}" + (" deep" if priority == "deep" else "")
+        out[name] = make_policy("dex", L, exits=np.array([*exits, L]), explorers=k, buffer=b, priority=priority)
+    return out
 
 
 @torch.inference_mode()

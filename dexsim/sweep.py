@@ -59,8 +59,8 @@ SINGLE_DEPTH = ("layerskip", "adaptive", "oracle-select")  # the selection metho
 # cores. It prices every replay on one device (lockstep) and on a 4-stage pipeline (des), where DEX's
 # explorers at different depths run on different stages at once; exits every 8 layers put them at
 # the stage ends. The traces are the real ones recorded by the reference engine (SmolLM2-135M, logit
-# lens, HumanEval / MT-bench / ShareGPT: 340 sequences; traces/README.md), every sequence and its first
-# 32 tokens replayed. Measured (2 cores, shared): about 13 s wall (10 s with `--max-seqs 16`). Widen any
+# lens, HumanEval / MT-bench / ShareGPT: 544 sequences; traces/README.md), every sequence and its first
+# 32 tokens replayed. Measured (2 cores, idle): 6.5 s wall. Widen any
 # axis with its flag (`--traces 'traces/*.npz'`: every bundled trace, synthetic ones included;
 # `--max-tokens 0`: every token); `--max-seqs N` replays the first N sequences of each trace.
 DEFAULT_TRACES = ("smollm2-135m-lens-humaneval164-raw.npz", "smollm2-135m-lens-mtbench-chat.npz",
