@@ -178,6 +178,12 @@ class Transformer(nn.Module):
         self.set_tables(dtype)
         return self
 
+    def _apply(self, fn, recurse=True):
+        # .to(), .double() and the like replace the weight tensors: `blocks` must hold the new ones.
+        super()._apply(fn, recurse)
+        self.blocks = [self._block_weights(layer) for layer in range(self.args.n_layer)]
+        return self
+
 
 def rope_tables(a: ModelArgs, base: float | None = None) -> tuple[Tensor, Tensor]:
     """cos, sin [max_len, head_dim] of the rotary embedding, in float32 as Hugging Face computes them."""

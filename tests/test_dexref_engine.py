@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 
 from dexref import record as rec  # noqa: E402
 from dexref.engine import Sampling, generate, reference_states  # noqa: E402
+from dexref.model import from_state, qkv  # noqa: E402
 from dexref.testing import max_live, node_path, on_path_events, random_prompts, tiny_model  # noqa: E402
 from one_thread import one_thread  # noqa: E402, F401  (autouse fixture)
 from dexsim.replay import make_policy, replay  # noqa: E402
@@ -187,6 +188,21 @@ def test_recorded_trace_is_valid_and_is_ar(tmp_path):
         assert trace.final[trace.seq_slice(s)].tolist() == out
     assert (trace.exit_tokens[:, -1] == trace.final).all()
     assert list(trace.prompt_len) == [len(p) for p in prompts]
+
+
+def test_blocks_follow_the_weights_when_the_model_is_cast():
+    """qkv / finish read `model.blocks` (plain tensors); a cast by .to() must not leave them stale."""
+    model, state, a = tiny_model(2, torch.float32)
+    cast = tiny_model(2, torch.float32)[0].to(torch.float64)  # rotary tables cast from float32, as to_dtype makes them
+    ref = from_state(a, {k: w.float() for k, w in state.items()}, torch.float64)  # the same float32 weights
+    assert all(b.wqkv.dtype == torch.float64 for b in cast.blocks)
+    prompts = random_prompts(2, a.vocab, (4, 7))
+    for policy in (make_policy("ar", a.n_layer), policies(a.n_layer)[-1]):
+        assert generate(cast, prompts, policy, 6).outputs == generate(ref, prompts, policy, 6).outputs
+    x = torch.randn(3, a.dim, dtype=torch.float64)
+    pos = torch.tensor([0, 2, 5])
+    assert all(torch.equal(u, v) for u, v in zip(qkv(cast, 1, x, pos), qkv(ref, 1, x, pos)))
+    assert model.blocks[0].wqkv.dtype == torch.float32
 
 
 def test_recording_batches_fit_the_cache_budget_and_change_nothing():
