@@ -162,7 +162,8 @@ class TorchExecutor:
             self._round(lat, s[go], j[go], depth0[go] + t)
 
     def _round(self, lat, s, j, depth):
-        for layer in (np.unique(depth) if len(depth) > 1 else depth).tolist():  # one call per layer: its rows share the weights
+        # one call per layer: its rows share the weights
+        for layer in (np.unique(depth) if len(depth) > 1 else depth).tolist():
             sel = depth == layer
             if self.batch_invariant or sel.sum() == 1:  # a lone row: most of AR's and many of dex's
                 for si, ji in zip(s[sel].tolist(), j[sel].tolist()):

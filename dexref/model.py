@@ -147,8 +147,7 @@ class Transformer(nn.Module):
 
     def set_tables(self, dtype: torch.dtype) -> None:
         """The rotary tables (computed in float32, cast like Hugging Face does), the rotate-half matrix
-        and the embedding scale, in dtype; and each block's `BlockWeights` (so weights are changed
-        through `to_dtype` or `from_state`, which call this)."""
+        and the embedding scale, in dtype; then each block's `BlockWeights`."""
         a = self.args
         self.register_buffer("rope", torch.stack(rope_tables(a), 1).to(dtype), persistent=False)  # [max_len, 2, hd]
         if a.rope_local_base:  # the local (sliding-window) layers' own base
@@ -157,7 +156,10 @@ class Transformer(nn.Module):
         self.register_buffer("rope_half", rotate_half_matrix(a.head_dim).to(dtype), persistent=False)  # [hd, hd]
         # Hugging Face's Gemma keeps sqrt(dim) as a float32 buffer and casts it to the weights' dtype.
         self.register_buffer("embed_scale", torch.tensor(a.dim ** 0.5).to(dtype), persistent=False)
-        self.blocks = [self._block_weights(layer) for layer in range(a.n_layer)]
+        self._index_blocks()
+
+    def _index_blocks(self) -> None:
+        self.blocks = [self._block_weights(layer) for layer in range(self.args.n_layer)]
 
     def _block_weights(self, layer: int) -> BlockWeights:
         blk, a = self.layers[layer], self.args
@@ -181,7 +183,7 @@ class Transformer(nn.Module):
     def _apply(self, fn, recurse=True):
         # .to(), .double() and the like replace the weight tensors: `blocks` must hold the new ones.
         super()._apply(fn, recurse)
-        self.blocks = [self._block_weights(layer) for layer in range(self.args.n_layer)]
+        self._index_blocks()
         return self
 
 
