@@ -80,6 +80,7 @@ def test_run_is_generate_and_prints_text(cache, capsys):
     ["record", "--model", "tiny", "--dataset", "nosuch", "--out", "t.npz"],
     ["record", "--model", "tiny", "--dataset", "humaneval", "--out", "/nonexistent/t.npz"],
     ["record", "--model", "tiny", "--dataset", "humaneval", "--limit", "0", "--out", "t.npz"],
+    ["record", "--model", "tiny", "--dataset", "humaneval", "--cache-gib", "0", "--out", "t.npz"],
     ["fetch", "nosuch"],
     ["bogus"],
 ])
