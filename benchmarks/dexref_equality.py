@@ -182,7 +182,8 @@ def main() -> int:
             row["flips_vs_hf64"] = flips
             rows.append(row)
             print(json.dumps(row), flush=True)
-    summary = {"model": args.model, "prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts], "new": args.new, "threads": torch.get_num_threads(),
+    summary = {"model": args.model, "prompts": len(prompts), "prompt_tokens": [len(p) for p in prompts],
+               "new": args.new, "threads": torch.get_num_threads(),
                "hf32_differs_from_hf64": sum(x != y for x, y in zip(ref["hf32"], ref["hf64"])),
                "fp64_min_top2_gap": min(gaps), "fp64_gaps_below_1e-3": int(sum(g < 1e-3 for g in gaps)),
                "fp64_tokens": len(gaps)}
