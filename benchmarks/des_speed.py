@@ -22,12 +22,14 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: numpy must not spread out
 
-from dexsim import pricing  # noqa: E402
-from dexsim.des import parse_load, simulate  # noqa: E402
-from dexsim.des_plan import compile_plan  # noqa: E402
-from dexsim.des_record import record  # noqa: E402
-from dexsim.replay import make_policy, replay  # noqa: E402
-from dexsim.synth import parse_depths, synth_trace  # noqa: E402
+from dexsim.hardware import pricing  # noqa: E402
+from dexsim.des.simulate import parse_load, simulate  # noqa: E402
+from dexsim.des.plan import compile_plan  # noqa: E402
+from dexsim.des.record import record  # noqa: E402
+from dexsim.core.registry import make_policy  # noqa: E402
+from dexsim.replay.executor import replay  # noqa: E402
+from dexsim.depths import parse_depths  # noqa: E402
+from dexsim.traces.synth import synth_trace  # noqa: E402
 
 
 def best_of(n, fn):

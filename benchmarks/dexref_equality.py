@@ -22,11 +22,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dexref.engine import generate  # noqa: E402
-from dexref.fetch import load_prompts, require_model  # noqa: E402
+from dexref.assets.prompts import load_prompts  # noqa: E402
+from dexref.assets.fetch import require_model  # noqa: E402
 from dexref.hf import hf_greedy, hf_model  # noqa: E402
 from dexref.model import load_cached  # noqa: E402
-from dexref.tok import Tok  # noqa: E402
-from dexsim.replay import make_policy  # noqa: E402
+from dexref.assets.tokenizer import Tok  # noqa: E402
+from dexsim.core.registry import make_policy  # noqa: E402
 
 
 def policies(L: int):
@@ -81,7 +82,7 @@ def versus_trace(path: str, names: list[str], threads: int | None) -> int:
     """float32 fast mode, one prompt at a time (batch 1, as served), against a batch-invariant trace
     (AR's own float32 states): sequences and tokens that differ, with the float32 top-2 logit gap of
     AR at the first difference."""
-    from dexsim.trace import load_trace
+    from dexsim.traces.format import load_trace
 
     trace = load_trace(path)
     meta, params = trace.meta, trace.meta["recorder"]["params"]

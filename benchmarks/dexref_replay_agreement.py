@@ -27,12 +27,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dexref.engine import generate  # noqa: E402
-from dexref.fetch import load_prompts, require_model  # noqa: E402
+from dexref.assets.prompts import load_prompts  # noqa: E402
+from dexref.assets.fetch import require_model  # noqa: E402
 from dexref.model import load_cached  # noqa: E402
 from dexref.testing import max_live, on_path_events  # noqa: E402
-from dexref.tok import Tok  # noqa: E402
-from dexsim.replay import make_policy, replay  # noqa: E402
-from dexsim.trace import Trace, load_trace  # noqa: E402
+from dexref.assets.tokenizer import Tok  # noqa: E402
+from dexsim.core.registry import make_policy  # noqa: E402
+from dexsim.replay.executor import replay  # noqa: E402
+from dexsim.traces.format import Trace, load_trace  # noqa: E402
 
 KEYS = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
 

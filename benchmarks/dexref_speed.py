@@ -23,10 +23,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from dexref.engine import generate  # noqa: E402
-from dexref.fetch import load_prompts, require_model  # noqa: E402
+from dexref.assets.prompts import load_prompts  # noqa: E402
+from dexref.assets.fetch import require_model  # noqa: E402
 from dexref.model import attend, finish, head, load_cached, qkv  # noqa: E402
-from dexref.tok import Tok  # noqa: E402
-from dexsim.replay import make_policy  # noqa: E402
+from dexref.assets.tokenizer import Tok  # noqa: E402
+from dexsim.core.registry import make_policy  # noqa: E402
 
 
 def dex_candidates(L: int) -> dict:

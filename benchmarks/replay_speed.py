@@ -12,8 +12,9 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: numpy must not spread out
 
-from dexsim.replay import make_policy, replay  # noqa: E402
-from dexsim.synth import synth_trace  # noqa: E402
+from dexsim.core.registry import make_policy  # noqa: E402
+from dexsim.replay.executor import replay  # noqa: E402
+from dexsim.traces.synth import synth_trace  # noqa: E402
 
 
 def main():

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dexsim.replay import make_policy  # noqa: E402
-from dexsim.trace import load_trace  # noqa: E402
+from dexsim.core.registry import make_policy  # noqa: E402
+from dexsim.traces.format import load_trace  # noqa: E402
 from viz import player, source  # noqa: E402
 from viz.animate import lattice_figure  # noqa: E402
 from viz.frames import build_frames  # noqa: E402

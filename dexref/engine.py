@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from dexsim import lattice as core
+from dexsim.core import lattice as core
 from dexsim.errors import UserError
 
 from .model import Transformer, attend, attend_one, attn_scale, embed, finish, head, prefill, qkv, window

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from dexsim.errors import UserError
 
-from .fetch import sha256_file
+from .assets.sources import sha256_file
 from .model import Transformer, attn_scale, embed, finish, head, prefill, qkv, window
 
 FORMAT = "dex-exits/1"

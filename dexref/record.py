@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from dexsim.policies import DEX
-from dexsim.trace import Trace, make_meta, save_trace
+from dexsim.core.policies import DEX
+from dexsim.traces.format import Trace, make_meta, save_trace
 
 from . import __version__
 from .engine import Sampling, generate

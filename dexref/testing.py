@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dexsim import lattice as core
+from dexsim.core import lattice as core
 
 from .model import ModelArgs, from_state, random_state
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import z3
 
-from dexsim import lattice as core
+from dexsim.core import lattice as core
 
 from . import fsm
 from .fsm import CLAUSES, STEP_PROPERTIES, Env, State

@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from dexsim.lattice import ADVANCE, COMMIT, DISCARD, EXIT, SPAWN
+from dexsim.core.lattice import ADVANCE, COMMIT, DISCARD, EXIT, SPAWN
 
 
 def check_event_log(events: np.ndarray, lat) -> None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import strategies as st
 
-from dexsim.policies import PRIORITIES
-from dexsim.replay import make_policy
-from dexsim.trace import Trace
+from dexsim.core import registry
+from dexsim.core.params import PARAMS
+from dexsim.core.registry import make_policy
+from dexsim.traces.format import Trace
 
 
 def tiny_trace(final, exit_tokens, depths, seq_lengths, prompt_len, conf=None, vocab=None) -> Trace:
@@ -40,11 +41,26 @@ def traces(draw, max_layers=8, max_seqs=3, max_tokens=12):
     return tiny_trace(final, exit_tokens, depths, lengths, prompt_len, conf, vocab)
 
 
+def param_values(name: str, depths: list[int]):
+    """Values of a policy parameter worth drawing on a tiny trace (small counts make buffers fill and
+    explorers run short)."""
+    p = PARAMS[name]
+    L = depths[-1]
+    if name == "exits":
+        return st.lists(st.sampled_from(depths), max_size=len(depths)).map(lambda e: sorted(set(e) | {L}))
+    if p.on_model is not None:  # a depth
+        return st.sampled_from(depths)
+    if p.choices:
+        return st.sampled_from(p.choices)
+    if p.kind is float:
+        return st.floats(p.low, p.high)
+    return st.integers(int(p.low), int(p.low) + 5)
+
+
 @st.composite
 def policies(draw, trace: Trace):
-    L, depths = trace.L, [int(d) for d in trace.depths]
-    name = draw(st.sampled_from(["ar", "layerskip", "adaptive", "dex"]))
-    exits = sorted(set(draw(st.lists(st.sampled_from(depths), max_size=len(depths)))) | {L})
-    return make_policy(name, L, exits=exits, explorers=draw(st.integers(1, 6)), buffer=draw(st.integers(0, 5)),
-                       priority=draw(st.sampled_from(PRIORITIES)), exit=draw(st.sampled_from(depths)),
-                       draft=draw(st.integers(0, 4)), threshold=draw(st.floats(0, 1)))
+    """Any policy of the registry that has a policy object, with parameters drawn for this trace."""
+    depths = [int(d) for d in trace.depths]
+    name = draw(st.sampled_from(registry.names(hindsight=False)))
+    params = {p: draw(param_values(p, depths)) for p in registry.get(name).params}
+    return make_policy(name, trace.L, exits=params.pop("exits", None), depths=trace.depths, **params)

@@ -18,13 +18,14 @@ matplotlib's self-contained JavaScript player (`to_jshtml`).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import replace
 
 import numpy as np
 
 from dexsim.errors import UserError
-from dexsim.replay import POLICY_NAMES, add_policy_flags, policy_from_args
-from dexsim.trace import load_trace
+from dexsim.core import registry
+from dexsim.depths import parse_depths
+from dexsim.traces.format import load_trace
 
 from . import player, source
 from .draw import LatticeFigure
@@ -59,8 +60,7 @@ def compare_names(text: str) -> list[str]:
     if not names:
         raise UserError("--compare: empty list")
     for n in names:
-        if n not in POLICY_NAMES:
-            raise UserError(f"--compare: unknown policy {n!r} (known: {', '.join(POLICY_NAMES)})")
+        registry.get(n, "--compare")
     return names
 
 
@@ -75,7 +75,9 @@ def runs_from_args(args) -> list[source.RunLog]:
         if args.tokens is not None and args.tokens < 1:
             raise UserError(f"--tokens {args.tokens}: must be >= 1")
         args.tokens = args.tokens or DEFAULT_TOKENS
-        return source.from_model(args, names, args.start + args.tokens)
+        cfg = registry.policy_config(args)
+        return source.from_model(args.model, args.template, args.prompt, [replace(cfg, name=n) for n in names],
+                                 args.start + args.tokens)
     if args.events is not None:
         if args.compare:
             raise UserError("--compare: needs --trace (an events file holds one policy's run)")
@@ -84,12 +86,14 @@ def runs_from_args(args) -> list[source.RunLog]:
     source.check_seq(args.seq, trace.n_seqs)
     total = int(np.diff(trace.seq_offsets)[args.seq])
     args.tokens = check_range(args.start, args.tokens, total)
+    cfg = registry.policy_config(args)
+    exits = parse_depths(cfg.params["exits"], trace.L, flag="--exits")
     runs = []
     for name in names:
-        policy, _ = policy_from_args(argparse.Namespace(**{**vars(args), "policy": name}), trace)
-        if policy is None:
+        if registry.get(name).hindsight:
             raise UserError(f"--policy {name}: picks a LayerSkip run in hindsight; animate that one "
                             f"(--policy layerskip --exit E --draft G)")
+        policy = replace(cfg, name=name).policy(trace.L, exits, trace.depths)
         runs.append(source.from_trace(trace, policy, args.seq, args.start + args.tokens, seed=args.seed))
     return runs
 
@@ -141,7 +145,8 @@ def register(sub) -> None:
     src.add_argument("--model", help="run the reference engine on --prompt (needs dexref)")
     p.add_argument("--prompt", default=None, help="with --model: the prompt text")
     p.add_argument("--template", default="raw", help="with --model: raw | chat (the model's chat template)")
-    add_policy_flags(p)
+    registry.add_policy_flags(p, default=None)
+    p.add_argument("--seed", type=int, default=0, help="seed of the off-path exit tokens and confidences")
     p.set_defaults(policy=None)  # None: dex for a trace, the recorded policy for an events file
     p.add_argument("--compare", default=None, help="policies side by side, e.g. ar,layerskip,dex (with --trace)")
     p.add_argument("--seq", type=int, default=0, help="which sequence of the trace or log (default 0)")

@@ -8,23 +8,15 @@ from __future__ import annotations
 import argparse
 import importlib
 
-from dexsim.cli import run
-from dexsim.errors import UserError
+from dexsim.config import Parser, run
 
 # Each module here has `register(subparsers)`, which adds its subcommand with a `func(args)`.
 COMMAND_MODULES = ["animate", "plots", "traceplot"]
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a bad flag is one line on stderr (no usage dump) and exit status 2."""
-
-    def error(self, message):
-        raise UserError(f"{self.prog}: {message}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m viz", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="python -m viz", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for name in COMMAND_MODULES:
         importlib.import_module(f"viz.{name}").register(sub)
     return parser

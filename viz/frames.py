@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dexsim.errors import UserError
-from dexsim.lattice import ADVANCE, COLLAPSE, COMMIT, DISCARD, EXIT, SPAWN
+from dexsim.core.lattice import ADVANCE, COLLAPSE, COMMIT, DISCARD, EXIT, SPAWN
 
 # How many frames a discarded node stays on screen (greyed, fading) before it disappears.
 FADE_FRAMES = 3

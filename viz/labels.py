@@ -66,7 +66,7 @@ def _cached_tokenizer(model: str | None):
     if not model:
         return None
     try:
-        from dexref.fetch import model_dir
+        from dexref.assets.sources import model_dir
     except ImportError:
         return None
     path = model_dir(model) / "tokenizer.json"

@@ -29,17 +29,16 @@ from pathlib import Path
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
-from dexsim.analyze import analyze
+from dexsim.core import registry
+from dexsim.traces.analyze import analyze
 from dexsim.errors import UserError
-from dexsim.trace import load_trace
+from dexsim.traces.format import load_trace
 
 from .output import check_dir, new_figure, save_png
 
 DPI = 110
 PANEL_W, PANEL_H = 4.6, 3.6  # inches per throughput panel
 RESULT_FILES = ("sweep.json", "sweep.jsonl", "sweep.csv")
-POLICY_ORDER = ("ar", "layerskip", "adaptive", "oracle-select", "dex")
-SINGLE_DEPTH = ("layerskip", "adaptive", "oracle-select")
 
 
 # ---------------------------------------------------------------------------- reading results
@@ -154,7 +153,7 @@ def throughput_vs_explorers(rows: list[dict], title: str):
         ar = [r["tokens_per_s"] for r in here if r["policy"] == "ar"]
         if ar:
             ax.axhline(max(ar), color="black", lw=1, ls="--", label="ar")
-        single = [r for r in here if r["policy"] in SINGLE_DEPTH]
+        single = [r for r in here if r["policy"] in registry.REGISTRY and registry.get(r["policy"]).single_depth]
         if single:
             best = max(single, key=lambda r: r["tokens_per_s"])
             ax.axhline(best["tokens_per_s"], color="#d62728", lw=1, ls=":",
@@ -176,7 +175,7 @@ def throughput_vs_explorers(rows: list[dict], title: str):
 def speedup_heatmap(rows: list[dict], title: str):
     """Best speedup over ar per policy (rows) and GPU configuration (columns)."""
     configs = list(dict.fromkeys(hw_label(r) for r in rows))
-    policies = [p for p in POLICY_ORDER if any(r["policy"] == p for r in rows)]
+    policies = [p for p in registry.names() if any(r["policy"] == p for r in rows)]
     policies += sorted({r["policy"] for r in rows} - set(policies))
     grid = np.full((len(policies), len(configs)), np.nan)
     best_of = {}

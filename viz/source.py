@@ -10,7 +10,6 @@ trace under a slow policy can take minutes.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import zipfile
@@ -18,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dexsim import lattice as core
+from dexsim.core import lattice as core
+from dexsim.core import registry
+from dexsim.core.registry import policy_params
 from dexsim.errors import UserError
-from dexsim.replay import ReplayExecutor, policy_params
-from dexsim.trace import Trace, load_trace
+from dexsim.replay.executor import ReplayExecutor, replay_lattice
+from dexsim.traces.format import Trace, load_trace
 
 EVENTS_FORMAT = f"dex-events/{core.EVENTS_VERSION}"
 
@@ -42,37 +43,17 @@ class RunLog:
 
 
 def describe(policy_name: str, params: dict, L: int) -> str:
-    """A policy and its parameters in a few words, as a panel title."""
+    """A policy and its parameters in a few words, as a panel title (`E=all`: every layer)."""
     exits = params.get("exits")
     if isinstance(exits, str) and exits == ",".join(map(str, range(1, L + 1))):
         exits = "all"
-    if policy_name == "ar":
-        return "ar"
-    if policy_name == "layerskip":
-        return f"layerskip e={params.get('exit')} g={params.get('draft')}"
-    if policy_name == "adaptive":
-        return f"adaptive tau={params.get('threshold')} B={params.get('buffer')} E={exits}"
-    if policy_name == "dex":
-        return f"dex k={params.get('explorers')} B={params.get('buffer')} {params.get('priority')} E={exits}"
-    return policy_name
-
-
-def _check_exits(trace: Trace, policy) -> None:
-    # the same check as dexsim.replay: a policy may only read depths the trace recorded
-    bad = np.setdiff1d(policy.exits, trace.depths)
-    if len(bad):
-        raise UserError(f"{trace.path or 'trace'}: exit depth {int(bad[0])} is not recorded in field 'depths' "
-                        f"(recorded: {','.join(map(str, trace.depths))})")
+    return registry.describe({**params, "policy": policy_name, "exits": exits})
 
 
 def replay_until(trace: Trace, policy, seq: int, tokens: int, *, seed: int = 0) -> core.Lattice:
-    """The core run over the whole trace, as `dexsim.replay.replay` builds it, stepped until sequence
-    `seq` has committed `tokens` tokens (or stopped). The event log is recorded."""
-    _check_exits(trace, policy)
-    lengths = np.diff(trace.seq_offsets)
-    lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
-                       root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
-                       max_tokens=lengths, record_events=True)
+    """The core run over the whole trace, as `dexsim.replay.executor.replay` builds it, stepped until
+    sequence `seq` has committed `tokens` tokens (or stopped). The event log is recorded."""
+    lat = replay_lattice(trace, policy, record_events=True)
     executor = ReplayExecutor(trace, seed)
     core.start(lat, executor)
     while lat.active[seq] and lat.counters.tokens[seq] < tokens:
@@ -153,26 +134,24 @@ def _trace_beside(path) -> Trace | None:
         return None
 
 
-def from_model(args, names: list[str], tokens: int) -> list[RunLog]:
-    """Runs of the reference engine (dexref) on `args.prompt`, one per policy name, each generating
+def from_model(model_name: str, template: str, prompt: str, policies, tokens: int) -> list[RunLog]:
+    """Runs of the reference engine (dexref) on `prompt`, one per PolicyConfig, each generating
     `tokens` tokens (fewer if the model stops at EOS). The engine computes every layer (no jumps)."""
     try:
-        from dexref.cli import load_model
-        from dexref.cli import policy_from_args as ref_policy
         from dexref.engine import generate
+        from dexref.load import ModelConfig, exit_set, load_model
     except ImportError as e:
-        raise UserError(f"--model {args.model}: needs the reference engine dexref and its extras "
+        raise UserError(f"--model {model_name}: needs the reference engine dexref and its extras "
                         f"(pip install -e '.[ref]'): {e}") from None
-    ref_args = argparse.Namespace(model=args.model, dtype="float32", template=args.template, threads=None)
-    model, tok, _ = load_model(ref_args)
-    ids = tok.apply(args.prompt, args.template)
+    model, tok, _ = load_model(ModelConfig(model=model_name, template=template))
+    ids = tok.apply(prompt, template)
     if not ids:
         raise UserError("--prompt: no tokens")
     eos = model.args.eos if model.args.eos >= 0 else None
     L = model.args.n_layer
     runs = []
-    for name in names:
-        policy = ref_policy(argparse.Namespace(**{**vars(args), "policy": name}), L)
+    for pc in policies:
+        policy = pc.policy(L, exit_set(pc.params["exits"], L, None, "--exits"))
         run = generate(model, [ids], policy, tokens, eos=eos, record_events=True)
         ev = run.lattice.events()
         runs.append(RunLog(ev, L, describe(policy.name, policy_params(policy), L),

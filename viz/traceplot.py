@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dexsim.analyze import analyze
-from dexsim.trace import load_trace
+from dexsim.traces.analyze import analyze
+from dexsim.traces.format import load_trace
 
 from .output import check_out, new_figure, save_png
 

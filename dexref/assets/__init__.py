@@ -1,0 +1,1 @@
+"""Model assets: where real models and prompt sets come from, GGUF conversion, tokenizers."""

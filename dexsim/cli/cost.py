@@ -1,0 +1,123 @@
+"""CLI for the cost model: `cost` (AR decode on a GPU config), `gpus`, `models` and `calibrate`."""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+
+from dexsim.specs import calibrate as calib
+from dexsim.specs.catalog import get_gpu, get_model, gpus, models
+from dexsim.hardware.cost import PARTS, Hardware, ar_breakdown, check_hardware
+from dexsim.errors import UserError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
+    return value
+
+
+def _named(flag: str, lookup, name: str):
+    try:
+        return lookup(name)
+    except UserError as e:
+        raise UserError(f"{flag}: {e}") from None
+
+
+def cost_report(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
+                context: int = 128) -> dict:
+    model = _named("--model", get_model, model_name)
+    hw = Hardware(_named("--gpu", get_gpu, gpu_name), tp=tp, pp=pp, batch=batch)
+    check_hardware(model, hw)
+    b = ar_breakdown(model, hw, context)
+    dominant = max(PARTS, key=lambda p: b[p])
+    return {"model": model.name, "gpu": hw.gpu.name, "tp": tp, "pp": pp, "batch": batch, "context": context,
+            "seconds_per_token": b["seconds"], "tokens_per_s": batch / b["seconds"],
+            "parts": {p: b[p] for p in PARTS}, "memory_s": b["memory"], "compute_s": b["compute"],
+            "bound": b["bound"], "dominant": dominant}
+
+
+def _cmd_cost(args) -> int:
+    r = cost_report(args.model, args.gpu, args.tp, args.pp, args.batch, args.context)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['model']} on {r['tp']}x{r['pp']} {r['gpu']} (tp x pp), batch {r['batch']}, context {r['context']}")
+    print(f"  AR step      {r['seconds_per_token'] * 1e3:9.3f} ms   ({r['tokens_per_s']:.1f} tokens/s)")
+    for p, s in r["parts"].items():
+        print(f"  {p:<12} {s * 1e3:9.3f} ms")
+    print(f"  roofline: memory {r['memory_s'] * 1e3:.3f} ms vs compute {r['compute_s'] * 1e3:.3f} ms "
+          f"-> {r['bound']}-bound; largest part: {r['dominant']}")
+    return 0
+
+
+def _cmd_gpus(args) -> int:
+    catalog = gpus()
+    if args.json:
+        print(json.dumps({n: {**asdict(g), "layer_overhead_s": g.layer_overhead_s} for n, g in catalog.items()},
+                         indent=2))
+        return 0
+    print(f"{'name':<22}{'TFLOP/s':>9}{'GB/s':>8}{'GB':>7}{'bw eff':>8}{'layer ovh':>11}  link")
+    for n, g in catalog.items():
+        ic = g.interconnect
+        print(f"{n:<22}{g.peak_flops / 1e12:9.1f}{g.memory_bandwidth / 1e9:8.0f}{g.memory_bytes / 1e9:7.1f}"
+              f"{g.bandwidth_efficiency:8.3f}{g.layer_overhead_s * 1e6:9.1f}us  {ic.kind}")
+    return 0
+
+
+def _cmd_models(args) -> int:
+    catalog = models()
+    if args.json:
+        print(json.dumps({n: asdict(m) for n, m in catalog.items()}, indent=2))
+        return 0
+    print(f"{'name':<16}{'layers':>7}{'hidden':>7}{'heads':>6}{'kv':>4}{'vocab':>8}{'params':>9}")
+    for n, m in catalog.items():
+        print(f"{n:<16}{m.layers:7}{m.hidden:7}{m.heads:6}{m.kv_heads:4}{m.vocab:8}{m.params / 1e9:8.2f}B")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    profile = calib.measure(args.seconds)
+    path = calib.write_profile(profile, args.out)
+    print(f"cpu-local: {profile['memory_bandwidth'] / 1e9:.1f} GB/s, {profile['peak_flops'] / 1e9:.1f} GFLOP/s "
+          f"fp32, {profile['kernel_overhead_s'] * 1e6:.2f} us per op -> {path}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cost", help="roofline cost of plain AR decoding on a GPU configuration")
+    p.add_argument("--model", required=True)
+    p.add_argument("--gpu", required=True)
+    p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel GPUs per stage")
+    p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages")
+    p.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")
+    p.add_argument("--context", type=_positive_int, default=128, help="KV positions each sequence reads")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_cost)
+
+    p = sub.add_parser("gpus", help="list the GPU catalog")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_gpus)
+
+    p = sub.add_parser("models", help="list the model catalog")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("calibrate", help="measure this machine and write the cpu-local profile")
+    p.add_argument("--out", default=None, help="profile path (default: the user cache file gpus() overlays)")
+    p.add_argument("--seconds", type=_positive_float, default=3.0, help="time budget, about")
+    p.set_defaults(func=_cmd_calibrate)

@@ -1,0 +1,74 @@
+"""`python -m dexsim sweep`: replay traces under a grid of policies, priced on a grid of hardware
+(dexsim/sweep); prints where the rows went and the best configuration per trace and hardware."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from dexsim import config
+from dexsim.core import registry
+from dexsim.core.params import PARAMS
+from dexsim.errors import UserError
+from dexsim.sweep.grid import SweepConfig, axis_defaults, axis_flag, build_grid
+from dexsim.sweep.run import sweep
+from dexsim.sweep.store import FILES
+from dexsim.sweep.table import best_table
+
+
+def _default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cmd_sweep(args) -> int:
+    cfg = config.from_args(SweepConfig, args, axes={n: getattr(args, n) for n in PARAMS}).checked()
+    grid = build_grid(cfg)
+    for note in dict.fromkeys(grid.notes):
+        print(f"note: {note}", file=sys.stderr)
+    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs)
+    print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
+    scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
+    print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
+    print(best_table(rows))
+    if cfg.plots:
+        write_plots(cfg.out)
+    return 0
+
+
+def write_plots(out: str) -> None:
+    """`python -m viz sweep OUT`, in its own process: plots read results, never the other way round."""
+    r = subprocess.run([sys.executable, "-m", "viz", "sweep", out], capture_output=True, text=True)
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["failed"])[-1]
+        if "ModuleNotFoundError" in r.stderr or "No module named" in r.stderr:
+            last = "needs the viz extra: pip install -e '.[viz]'"
+        raise UserError(f"--plots: {last.removeprefix('error: ')}")
+    sys.stderr.write(r.stderr)
+    for path in r.stdout.splitlines():
+        print(f"plot: {path}")
+
+
+def add_axis_flags(p) -> None:
+    """One flag per policy parameter: a comma-separated axis, or one value for every row."""
+    for name, default in axis_defaults().items():
+        param = PARAMS[name]
+        users = ", ".join(s.name for s in registry.REGISTRY.values() if name in s.params)
+        shown = "" if default is None else f" (default: {default})"
+        if param.axis:
+            extra = "; several exit sets: separate them by ';' when one is a depth list" if name == "exits" else ""
+            p.add_argument(axis_flag(name), dest=name, default=default,
+                           help=f"{users}: {param.help}, comma-separated{extra}{shown}")
+        else:
+            p.add_argument(param.flag, dest=name, type=param.kind, default=default, help=f"{users}: {param.help}{shown}")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("sweep", help="replay traces under a grid of policies, priced on a grid of GPUs")
+    config.add_flags(p, SweepConfig, defaults={"jobs": _default_jobs(),
+                                               "policies": ",".join(registry.names())})
+    add_axis_flags(p)
+    p.set_defaults(func=cmd_sweep)

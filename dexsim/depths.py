@@ -1,0 +1,71 @@
+"""The exit-depth grammar, shared by every flag that names depths (`--exits`, `--depths`):
+`all` (every layer), `every:N` (N, 2N, ... and L) or `d1,d2,...`; L is always in the set.
+A sweep takes several sets at once (`specs`)."""
+from __future__ import annotations
+
+import numpy as np
+
+from dexsim.errors import UserError
+
+
+def check_depths(values, L: int, flag: str = "--depths") -> np.ndarray:
+    """Sorted unique depths with L added; a depth outside [1, L] is an error naming the flag."""
+    values = np.asarray(values, dtype=np.int64).ravel()
+    bad = values[(values < 1) | (values > L)]
+    if bad.size:
+        raise UserError(f"{flag}: depth {bad[0]} outside [1, {L}]")
+    return np.unique(np.append(values, L)).astype(np.int16)
+
+
+def parse_depths(spec: str, L: int, flag: str = "--depths") -> np.ndarray:
+    """One spec on a model of L layers -> int16 depths."""
+    if spec == "all":
+        return check_depths(np.arange(1, L + 1), L, flag)
+    try:
+        if spec.startswith("every:"):
+            step = int(spec.removeprefix("every:"))
+            if step < 1:
+                raise UserError(f"{flag} {spec!r}: step must be >= 1")
+            return check_depths(np.arange(step, L + 1, step), L, flag)
+        return check_depths([int(x) for x in spec.split(",")], L, flag)
+    except ValueError:
+        raise UserError(f"{flag} {spec!r}: expected all, every:N or d1,d2,...") from None
+
+
+def recorded(spec: str, L: int, depths, flag: str = "--exits") -> tuple | None:
+    """A spec on a trace that recorded `depths`: `all` is every recorded depth; None if the spec names
+    a depth that is not recorded."""
+    if spec == "all":
+        return tuple(int(d) for d in depths)
+    out = parse_depths(spec, L, flag)
+    return tuple(int(d) for d in out) if np.isin(out, depths).all() else None
+
+
+def specs(text: str, flag: str = "--exits") -> list[str]:
+    """Several specs, separated by commas, or by `;` when one is a depth list (`"4,8,16;every:4"`).
+    Only the syntax is checked here: whether the depths exist is a question for each model."""
+    if ";" in text:
+        parts = [s.strip() for s in text.split(";") if s.strip()]
+    else:
+        parts = [s.strip() for s in text.split(",") if s.strip()]
+        if parts and all(p.isdigit() for p in parts):  # one explicit depth set
+            parts = [",".join(parts)]
+        elif any(p.isdigit() for p in parts):
+            raise UserError(f"{flag} {text!r}: separate an explicit depth set from other specs with ';'")
+    if not parts:
+        raise UserError(f"{flag}: empty list")
+    for spec in parts:
+        _check_syntax(spec, flag)
+    return parts
+
+
+def _check_syntax(spec: str, flag: str) -> None:
+    try:
+        if spec == "all":
+            return
+        depths = [int(spec.removeprefix("every:"))] if spec.startswith("every:") else map(int, spec.split(","))
+        if all(d >= 1 for d in depths):
+            return
+    except ValueError:
+        pass
+    raise UserError(f"{flag} {spec!r}: expected all, every:N or d1,d2,... with N and depths >= 1")

@@ -1,0 +1,185 @@
+"""The model and GPU catalogs: data files in `dexsim/data/`, read into frozen dataclasses."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+
+from dexsim.errors import UserError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layers: int
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    params: int
+    tied_embeddings: bool
+    dtype: str
+    bytes_per_weight: float
+    source: str
+    # Weights one exit-head read adds before the shared head: 0 for the logit lens, an adapter's
+    # parameters with trained exit heads (`with_heads`, dexsim/data/exit_heads.json).
+    head_adapter_params: int = 0
+
+    def arch(self) -> dict:
+        """The `arch` object of a trace's meta (DESIGN.md section 5)."""
+        keys = ("layers", "hidden", "intermediate", "heads", "kv_heads", "head_dim", "vocab", "params", "dtype")
+        return {k: asdict(self)[k] for k in keys}
+
+
+@lru_cache(maxsize=None)
+def _load(filename: str) -> dict:
+    text = (Path(__file__).parent / "data" / filename).read_text()
+    return {k: v for k, v in json.loads(text).items() if not k.startswith("_")}
+
+
+def models() -> dict[str, ModelSpec]:
+    return {name: ModelSpec(name=name, **entry) for name, entry in _load("models.json").items()}
+
+
+def get_model(name: str) -> ModelSpec:
+    catalog = models()
+    if name not in catalog:
+        raise UserError(f"unknown model {name!r} (known: {', '.join(sorted(catalog))})")
+    return catalog[name]
+
+
+# --- exit heads -------------------------------------------------------------------------------------
+
+LENS = "lens"
+TRAINED = "trained:"
+
+
+def exit_heads() -> dict[str, dict]:
+    """Trained exit heads by manifest name (`dexref train-exits`): their model, shape and parameters."""
+    return dict(_load("exit_heads.json"))
+
+
+def adapter_params(entry: dict, hidden: int) -> int:
+    """Parameters of one exit adapter of `entry`'s kind at width `hidden` (A [r, D] and B [D, r])."""
+    if entry["kind"] != "lowrank-residual":
+        raise UserError(f"exit_heads.json: unknown adapter kind {entry['kind']!r}")
+    return 2 * entry["rank"] * hidden
+
+
+def with_heads(model: ModelSpec, heads: str) -> ModelSpec:
+    """The model priced with a trace's exit heads (its meta `heads`): the lens as is; trained heads add
+    their adapter's parameters to every head read. On another model than the adapters' own (a replay
+    mapped by relative depth) the same adapter shape at that model's width is charged."""
+    if heads == LENS:
+        return model
+    name = heads.removeprefix(TRAINED)
+    known = exit_heads()
+    if not heads.startswith(TRAINED) or name not in known:
+        raise UserError(f"heads {heads!r}: unknown (lens, or trained:NAME with NAME in dexsim/data/exit_heads.json: "
+                        f"{', '.join(sorted(known))})")
+    entry = known[name]
+    params = entry["params_per_exit"] if entry["model"] == model.name else adapter_params(entry, model.hidden)
+    return replace(model, head_adapter_params=params)
+
+
+# --- GPUs -------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Interconnect:
+    kind: str            # "nvlink", "pcie" or "none"
+    bandwidth: float     # B/s, per GPU per direction
+    latency_s: float     # one hop (one ring step or one point-to-point send)
+
+
+@dataclass(frozen=True)
+class GPUSpec:
+    """One device and the achieved-efficiency calibration it is priced with."""
+    name: str
+    peak_flops: float            # dense bf16 (fp32 for a CPU) FLOP/s, datasheet or measured
+    memory_bandwidth: float      # B/s, datasheet or measured
+    memory_bytes: float
+    bandwidth_efficiency: float  # achieved / memory_bandwidth for decode kernels
+    compute_efficiency: float    # achieved / peak_flops for large matmuls
+    kernels_per_layer: int       # kernel launches of one layer step (one exit-head group counts as a layer)
+    kernel_overhead_s: float     # time per kernel not spent moving bytes (launch gap, ramp-up, tail)
+    collective_overhead_s: float # launch + synchronisation of one TP collective
+    interconnect: Interconnect
+    calibration: str             # name of the calibration class in gpus.json
+    source: str
+
+    @property
+    def layer_overhead_s(self) -> float:
+        return self.kernels_per_layer * self.kernel_overhead_s
+
+
+def _user_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dexsim"
+
+
+def cpu_profile_path() -> Path:
+    """Where `python -m dexsim calibrate` writes the measured `cpu-local` profile by default."""
+    return _user_cache_dir() / "cpu-local.json"
+
+
+def _read_cpu_overlay(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        entry = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: unreadable cpu-local profile ({e}); rerun `python -m dexsim calibrate`")
+    if not isinstance(entry, dict):
+        raise UserError(f"{path}: cpu-local profile must be a JSON object")
+    return entry
+
+
+def _gpu_from_entry(name: str, entry: dict, classes: dict) -> GPUSpec:
+    cls_name = entry.get("calibration")
+    if cls_name not in classes:
+        raise UserError(f"gpus.json: GPU {name!r} names unknown calibration {cls_name!r}")
+    # the calibration class gives shared efficiencies; a GPU entry may override them (a measured profile does)
+    merged = {k: v for k, v in classes[cls_name].items() if k != "source"}
+    merged.update(entry)
+    fields = {f for f in GPUSpec.__dataclass_fields__ if f not in ("name", "interconnect")}
+    try:
+        return GPUSpec(name=name, interconnect=Interconnect(**merged["interconnect"]),
+                       **{k: merged[k] for k in fields})
+    except (KeyError, TypeError) as e:
+        raise UserError(f"gpus.json: GPU {name!r}: bad or missing field ({e})")
+
+
+def gpu_calibrations() -> dict[str, dict]:
+    """The calibration classes (shared achieved efficiencies and overheads, each with its derivation)."""
+    return dict(_load("gpus.json")["calibration"])
+
+
+def gpus() -> dict[str, GPUSpec]:
+    """The bundled GPU catalog; a measured `cpu-local` profile in the user cache overrides the bundled one."""
+    data = _load("gpus.json")
+    entries = dict(data["gpus"])
+    overlay = _read_cpu_overlay(cpu_profile_path())
+    if overlay:
+        entries["cpu-local"] = {**entries["cpu-local"], **overlay}
+    return {name: _gpu_from_entry(name, entry, data["calibration"]) for name, entry in entries.items()}
+
+
+def get_gpu(name: str) -> GPUSpec:
+    catalog = gpus()
+    if name not in catalog:
+        raise UserError(f"unknown GPU {name!r} (known: {', '.join(sorted(catalog))})")
+    return catalog[name]
+
+
+def memory_fit() -> dict:
+    """What `check_hardware` reserves besides the weights (KV tokens, runtime fraction), with its source."""
+    return dict(_load("gpus.json")["memory_fit"])
+
+
+def published_measurements() -> list[dict]:
+    """Published decode measurements: the calibration point and the cross-checks, each with its source."""
+    return [dict(m) for m in _load("gpus.json")["published"]]

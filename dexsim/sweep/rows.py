@@ -1,0 +1,114 @@
+"""Replaying a sweep's jobs and pricing their rows: one row per hardware configuration and scheduler
+of a RowSpec, keyed by the fields that name it (`row_key`), with the columns of DESIGN.md section 5."""
+from __future__ import annotations
+
+import numpy as np
+
+from dexsim.core import registry
+from dexsim.core.params import PARAMS
+from dexsim.des import simulate as des
+from dexsim.des.plan import compile_plan
+from dexsim.des.record import record
+from dexsim.hardware import pricing
+from dexsim.replay.executor import result
+from dexsim.sweep.grid import Job, RowSpec, prepared
+
+COUNTERS = ("tokens", "rounds", "node_layers", "weight_loads", "head_evals", "wasted_node_layers", "fallbacks")
+
+
+def key_fields() -> tuple:
+    """What names a row, in order: the trace, model and hardware, the policy and every parameter, and
+    the search columns of hindsight policies."""
+    searched = [s.search_column for s in registry.REGISTRY.values() if s.search_column]
+    return ("trace", "trace_sha256", "model", "max_tokens", "max_seqs", "seed", "gpu", "tp", "pp", "batch",
+            "scheduler", "arrival", "requests", "policy", *PARAMS, *dict.fromkeys(searched))
+
+
+def columns() -> tuple:
+    """The output columns, in order. Parameters a policy does not have are empty (null in JSON)."""
+    return ("key", *key_fields(), "depth_rescaled", "oracle_policy", *COUNTERS, "output_matches_trace",
+            "sim_seconds", "tokens_per_s", "speedup_vs_ar", "p50_token_latency_s", "p99_token_latency_s",
+            "utilization")
+
+
+def run_job(job: Job) -> tuple[dict, pricing.Tally, object]:
+    """Replay one job (in a worker process or in this one): its result, Tally and (for the DES) WorkLog."""
+    trace, _ = prepared(job.trace, job.max_tokens, job.model, job.max_seqs)
+    params = dict(job.params)
+    exits = params.pop("exits", None)
+    policy = registry.make_policy(job.policy, trace.L, exits=exits, depths=trace.depths, **params)
+    if job.des_pps:
+        lat, tally, log = record(trace, policy, seed=job.seed, pps=job.des_pps)
+    else:
+        lat, tally, log = *pricing.replay_tally(trace, policy, seed=job.seed), None
+    return result(trace, lat, policy), tally, log
+
+
+def row_key(fields: dict) -> str:
+    return "|".join(f"{k}={fields[k]}" for k in key_fields() if fields.get(k) is not None)
+
+
+def _configs(spec: RowSpec):
+    """(model, hardware, scheduler, load) of every row of a spec, in grid order; load None: lockstep."""
+    for model, hw in spec.hardware:
+        for sched, arrival in spec.schedules:
+            load = None if sched == "lockstep" else des.parse_load(arrival, spec.requests, hw.batch, spec.fields["seed"])
+            yield model, hw, sched, load
+
+
+def _hw_fields(hw, sched: str = "lockstep", load=None, n_seqs: int = 1) -> dict:
+    out = {"gpu": hw.gpu.name, "tp": hw.tp, "pp": hw.pp, "batch": hw.batch, "scheduler": sched}
+    if load is not None:
+        out.update(arrival=load.spec(), requests=load.requests or n_seqs)
+    return out
+
+
+def spec_keys(spec: RowSpec) -> list[str]:
+    return [row_key({**spec.fields, **_hw_fields(hw, sch, load, spec.n_seqs)}) for _, hw, sch, load in _configs(spec)]
+
+
+def _simulated(cache: dict, job: Job, log, model, hw, load):
+    """A job's DES run on one configuration, once per sweep (the AR baseline serves many rows); its
+    plan (the steps on hw.pp stages) serves every GPU, TP degree, batch and load with that stage count."""
+    key = (job, hw, load)
+    if key not in cache:
+        plan_key = ("plan", job, hw.pp)
+        if plan_key not in cache:
+            cache[plan_key] = compile_plan(log, hw.pp)
+        cache[key] = des.simulate(log, model, hw, load, plan=cache[plan_key])
+    return cache[key]
+
+
+def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None) -> list[dict]:
+    """The rows of a spec whose replays are done, for every configuration not in `skip`."""
+    rows = []
+    cache = {} if cache is None else cache
+    ar_tally = done[spec.ar][1]
+    for model, hw, sched, load in _configs(spec):
+        fields = {**spec.fields, **_hw_fields(hw, sched, load, spec.n_seqs)}
+        key = row_key(fields)
+        if key in skip:
+            continue
+        cands = [done[j] for j in spec.jobs]
+        if load is None:
+            priced = [pricing.price(t, model, hw)["sim_seconds"] for _, t, _ in cands]
+        else:
+            sims = [_simulated(cache, j, done[j][2], model, hw, load) for j in spec.jobs]
+            priced = [r.sim_seconds for r in sims]
+        best = int(np.argmin(priced))  # one job, or oracle-select's pick on this hardware
+        res, tally, log = cands[best]
+        row = {c: None for c in columns()}
+        row.update(fields, **spec.extra, key=key, **{c: res[c] for c in COUNTERS})
+        row["output_matches_trace"] = res["output_matches_trace"]
+        row["exits"] = spec.fields.get("exits") or res["exits"]
+        if registry.get(spec.fields["policy"]).hindsight:  # which candidate it picked here, and its parameters
+            row["oracle_policy"] = res["policy"]
+            row.update({k: res.get(k) for k in registry.get(res["policy"]).params if k != "exits"})
+        if load is None:
+            row.update(pricing.priced_fields(tally, ar_tally, model, hw))
+        else:
+            ar = _simulated(cache, spec.ar, done[spec.ar][2], model, hw, load)
+            row.update(des.request_counters(log, load), **sims[best].fields())
+            row["speedup_vs_ar"] = sims[best].tokens_per_s / ar.tokens_per_s
+        rows.append(row)
+    return rows

@@ -1,0 +1,69 @@
+"""Running a sweep: its replays in a pool of local processes (fork), its rows written as they are ready.
+
+Not built: `--dask ADDRESS` (a distributed pool). Local processes cover the grids this simulator
+runs; a dask backend would be one more executor behind `_replays`.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+
+from tqdm import tqdm
+
+from dexsim.core import registry
+from dexsim.sweep.grid import Grid, Job
+from dexsim.sweep.rows import make_rows, run_job, spec_keys
+from dexsim.sweep.store import RowStore
+
+
+@contextmanager
+def _replays(jobs: list[Job], n_procs: int):
+    """An iterator of (job, (result, tally)) as replays finish: in this process, or in a pool of
+    processes, all of them started on entry (before the caller starts any thread, e.g. a progress bar)."""
+    if n_procs <= 1 or len(jobs) <= 1:
+        yield ((job, run_job(job)) for job in jobs)
+        return
+    # fork: children inherit the loaded traces, and `python -m dexsim` would rerun the CLI under spawn
+    pool = ProcessPoolExecutor(max_workers=min(n_procs, len(jobs)), mp_context=multiprocessing.get_context("fork"))
+    try:
+        futures = {pool.submit(run_job, job): job for job in jobs}
+        yield ((futures[f], f.result()) for f in as_completed(futures))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _effort(job: Job) -> tuple:
+    """The spec's rough relative cost of a replay, to start the slow ones first (finishing order never
+    changes results)."""
+    return registry.get(job.policy).effort(dict(job.params))
+
+
+def sweep(grid: Grid, out: str, *, resume: bool = False, jobs: int = 1) -> list[dict]:
+    """Run what `grid` still lacks in the folder `out`; returns the grid's rows, in grid order."""
+    n_procs = jobs
+    store = RowStore(out, resume)
+    pending = [s for s in grid.specs if any(k not in store.rows for k in spec_keys(s))]
+    jobs = list(dict.fromkeys([s.ar for s in pending]))  # the baselines first: every row needs one
+    jobs += sorted(dict.fromkeys(j for s in pending for j in s.jobs if j not in jobs), key=_effort, reverse=True)
+    waiting = {j: [] for j in jobs}
+    for s in pending:
+        for j in {*s.jobs, s.ar}:
+            waiting[j].append(s)
+    missing = {id(s): len({*s.jobs, s.ar}) for s in pending}
+    done, cache = {}, {}
+    # the pool starts (forks) before tqdm starts its monitor thread
+    with (_replays(jobs, n_procs) as results,
+          tqdm(total=len(jobs), desc="sweep", unit="replay", file=sys.stderr, mininterval=0.5) as bar):
+        for job, out in results:
+            done[job] = out
+            for s in waiting[job]:
+                missing[id(s)] -= 1
+                if missing[id(s)] == 0:
+                    store.append(make_rows(s, done, store.rows.keys(), cache))
+            bar.update()
+    order = [k for s in grid.specs for k in spec_keys(s)]
+    rows = store.finish(order)
+    in_grid = set(order)
+    return [r for r in rows if r["key"] in in_grid]
