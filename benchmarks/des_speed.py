@@ -7,8 +7,8 @@ Default: `dex` k = 4, E = every layer, buffer 8, eager, on a synthetic L = 32 tr
 (closed:1, the closed form: no event per step). Three figures, each best of --repeat:
 
 - replay: the lattice core alone (what lockstep pricing also runs), for reference;
-- record: the same replay with the DES work recorder wrapped around the executor (once per replay,
-  whatever the hardware);
+- record: the same replay with the core logging its work for the DES (`--scheduler des`; once per
+  replay, whatever the hardware), in the same compiled loop, and the WorkLog made of it;
 - DES: compiling the record onto the stages, pricing every step and computing the timeline. The
   issue's goal (100,000 tokens/s) is about this figure;
 - each further configuration with the same stage count (pricing and timeline only; the sweep reuses
@@ -26,7 +26,7 @@ from dexsim.hardware import pricing  # noqa: E402
 from dexsim.des.simulate import parse_load, simulate  # noqa: E402
 from dexsim.des.plan import compile_plan  # noqa: E402
 from dexsim.des.record import record  # noqa: E402
-from dexsim.core.registry import make_policy  # noqa: E402
+from dexsim.core import registry  # noqa: E402
 from dexsim.replay.executor import replay  # noqa: E402
 from dexsim.depths import parse_depths  # noqa: E402
 from dexsim.traces.synth import synth_trace  # noqa: E402
@@ -47,11 +47,7 @@ def main():
     ap.add_argument("--seqs", type=int, default=1000)
     ap.add_argument("--model", default="llama2-7b")
     ap.add_argument("--ead", default="beta:1.4,1.8,0.08")
-    ap.add_argument("--policy", default="dex")
-    ap.add_argument("--explorers", type=int, default=4)
-    ap.add_argument("--buffer", type=int, default=8)
-    ap.add_argument("--priority", default="eager")
-    ap.add_argument("--exits", default="all")
+    registry.add_policy_flags(ap, known=registry.names(hindsight=False))
     ap.add_argument("--gpu", default="a100-sxm4-80gb")
     ap.add_argument("--pp", type=int, default=4)
     ap.add_argument("--load", default="closed:1")
@@ -61,13 +57,12 @@ def main():
     ap.add_argument("--skip-replay", action="store_true", help="do not time the plain replay")
     args = ap.parse_args()
     trace = synth_trace(args.model, args.seqs, args.tokens // args.seqs, ead=args.ead, seed=0)
-    exits = None if args.exits == "all" else parse_depths(args.exits, trace.L)
-    policy = make_policy(args.policy, trace.L, exits=exits, explorers=args.explorers, buffer=args.buffer,
-                         priority=args.priority)
+    cfg = registry.policy_config(args)
+    policy = cfg.policy(trace.L, parse_depths(args.exits, trace.L, "--exits"), trace.depths)
     model, hw = pricing.hardware(args.model, args.gpu, 1, args.pp, args.batch)
     load = parse_load(args.load, args.requests, args.batch)
     tokens = int(trace.seq_offsets[-1])
-    name = f"{args.policy} k={args.explorers} B={args.buffer} {args.priority} E={args.exits} L={trace.L}"
+    name = f"{registry.describe({'policy': cfg.name, **registry.policy_params(policy), 'exits': args.exits})} L={trace.L}"
     if not args.skip_replay:
         t, _ = best_of(1, lambda: replay(trace, policy))
         print(f"{name}: replay {t:.2f} s, {tokens / t:,.0f} tokens/s")

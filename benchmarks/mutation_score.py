@@ -2,8 +2,8 @@
 
     python benchmarks/mutation_score.py [--max-children N] [--sample N] [--seed S]
 
-Runs mutmut (configured in pyproject.toml [tool.mutmut]: dexsim/lattice.py and dexsim/policies.py
-against the core's suites) with the Hypothesis `mutation` profile (few, derandomized examples), then
+Runs mutmut (configured in pyproject.toml [tool.mutmut]: dexsim/core/lattice.py and dexsim/core/policies.py
+against the core's suites: tests/core/ and the cost properties) with the Hypothesis `mutation` profile (few, derandomized examples), then
 prints the score and lists the surviving mutants (`mutmut show NAME` in .mutation/ prints one). All
 mutants take hours on two cores; `--sample N` runs a uniform random sample of N of them (a score
 estimate, with its standard error), on top of any already judged.
@@ -24,7 +24,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORK = os.path.join(ROOT, ".mutation")
-RULES = ("dexsim/lattice.py", "dexsim/policies.py", "dexsim/replay.py")
+RULES = ("dexsim/core/lattice.py", "dexsim/core/policies.py", "dexsim/replay/executor.py")
 
 
 def _copy_project() -> None:

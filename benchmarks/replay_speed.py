@@ -12,7 +12,8 @@ import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # one core: numpy must not spread out
 
-from dexsim.core.registry import make_policy  # noqa: E402
+from dexsim.core import registry  # noqa: E402
+from dexsim.depths import parse_depths  # noqa: E402
 from dexsim.replay.executor import replay  # noqa: E402
 from dexsim.traces.synth import synth_trace  # noqa: E402
 
@@ -23,14 +24,12 @@ def main():
     ap.add_argument("--seqs", type=int, default=1000)
     ap.add_argument("--model", default="llama2-7b")
     ap.add_argument("--ead", default="beta:1.4,1.8,0.08")
-    ap.add_argument("--policy", default="dex")
-    ap.add_argument("--explorers", type=int, default=4)
-    ap.add_argument("--buffer", type=int, default=8)
-    ap.add_argument("--priority", default="eager")
+    registry.add_policy_flags(ap, known=registry.names(hindsight=False))
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
     trace = synth_trace(args.model, args.seqs, args.tokens // args.seqs, ead=args.ead, seed=0)
-    policy = make_policy(args.policy, trace.L, explorers=args.explorers, buffer=args.buffer, priority=args.priority)
+    cfg = registry.policy_config(args)
+    policy = cfg.policy(trace.L, parse_depths(args.exits, trace.L, "--exits"), trace.depths)
     replay(synth_trace(args.model, 4, 8, ead=args.ead, seed=1), policy)  # compile (or load the cache)
     best = cpu = float("inf")
     for _ in range(args.repeat):
@@ -38,7 +37,7 @@ def main():
         lat = replay(trace, policy)
         best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     c = lat.counters.totals()
-    print(f"{args.policy} k={args.explorers} B={args.buffer} {args.priority} L={trace.L} "
+    print(f"{registry.describe({'policy': cfg.name, **registry.policy_params(policy), 'exits': args.exits})} L={trace.L} "
           f"seqs={trace.n_seqs} tokens={c['tokens']}: {best:.2f} s wall ({cpu:.2f} s CPU), "
           f"{c['tokens'] / best:,.0f} tokens/s "
           f"({c['rounds'] / trace.n_seqs:.0f} rounds/sequence)")

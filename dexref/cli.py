@@ -30,6 +30,12 @@ def add_heads_flag(p) -> None:
                         "(adapters of `train-exits`; exits only at their depths and L)")
 
 
+def _check_out_folder(out: str) -> None:
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise UserError(f"--out {out}: no such folder {folder}")
+
+
 def policy_from_args(args, L: int, heads=None):
     """The policy of the --policy flags on a model of L layers with these exit heads."""
     from .exits import exit_depths
@@ -123,9 +129,7 @@ def cmd_record(args) -> int:
         raise UserError(f"--batch {args.batch}: must be >= 1")
     if not args.cache_gib > 0:
         raise UserError(f"--cache-gib {args.cache_gib}: must be > 0")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise UserError(f"--out {args.out}: no such folder {out_dir}")
+    _check_out_folder(args.out)
     from .exits import resolve
 
     mcfg = from_args(ModelConfig, args)
@@ -235,9 +239,7 @@ def cmd_train_exits(args) -> int:
             raise UserError(f"{flag} {v}: must be >= 1")
     if not args.lr > 0:
         raise UserError(f"--lr {args.lr}: must be a positive number")
-    out_dir = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(out_dir):
-        raise UserError(f"--out {args.out}: no such folder {out_dir}")
+    _check_out_folder(args.out)
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out}: name the manifest, NAME.json (NAME.safetensors goes beside it)")
     # adapters train and are stored in float32

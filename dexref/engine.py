@@ -1,4 +1,4 @@
-"""The reference engine: the lattice core (dexsim/lattice.py) driving a real transformer.
+"""The reference engine: the lattice core (dexsim/core/lattice.py) driving a real transformer.
 
 The core decides which node-layers run each round, what to expand, what to commit and discard; this
 file only computes what it asks for (the `Executor` protocol), in the style of gpt-fast's

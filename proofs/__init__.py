@@ -20,7 +20,7 @@ What is proved, in plain words, for executions of any length and lattices of any
      position is argmax(logits/T + G(seed, position)) at every depth, noise keyed by the absolute
      position, and AR samples with the same seed.
 
-How: `fsm` is the lattice core of `dexsim/lattice.py` as a transition system (advance, read_exit,
+How: `fsm` is the lattice core of `dexsim/core/lattice.py` as a transition system (advance, read_exit,
 expand, evict, commit_match, commit_fallback, stop), with the model abstracted (`model`) and the
 policy replaced by nondeterminism (every argument of every transition is free, so one proof covers
 every policy, explorer count, exit set, priority rule, buffer and eviction choice). `obligations`
@@ -38,7 +38,7 @@ Axioms (what the proofs assume):
   function); the Gumbel variant's token is a function `gmax` of the logits and the noise of the
   position. These are uninterpreted: *any* functions. That is the whole model.
 - The prompt is non-empty and its KV cache (the prefill) is AR's.
-- L is in the exit set (the final token is read at depth L). Note: `dexsim.lattice.Lattice` does not
+- L is in the exit set (the final token is read at depth L). Note: `dexsim.core.lattice.Lattice` does not
   check this; with an exit set without L the core commits a token read below L (found while writing
   these proofs; the CLI always adds L).
 - Eight facts about finite sequences (`logic.AxOps`, S1-S8), each proved valid in Z3's theory of

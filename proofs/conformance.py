@@ -1,7 +1,7 @@
 """Conformance: the real `dexsim` core, run next to the transition rules of `proofs.fsm`.
 
-What ties the proofs to the code. The real lattice core (`dexsim.lattice`) is run with a real policy
-(`dexsim.policies`) and an executor that computes with the *concrete* model (`model.ConcreteModel`:
+What ties the proofs to the code. The real lattice core (`dexsim.core.lattice`) is run with a real policy
+(`dexsim.core.policies`) and an executor that computes with the *concrete* model (`model.ConcreteModel`:
 free, hash-consed states, pseudo-random heads over a tiny vocabulary, greedy or seeded Gumbel). The
 core's event log is cut into the rules' primitive moves (advance / read_exit / expand / evict /
 commit_match / commit_fallback / stop) and a `Mirror` replays them with the *same* rule functions the

@@ -1,6 +1,6 @@
 """The DEX lattice as a transition system: state, initial state, transitions, invariants.
 
-This is `dexsim/lattice.py` with the model abstracted (`proofs.model`) and the policy replaced by
+This is `dexsim/core/lattice.py` with the model abstracted (`proofs.model`) and the policy replaced by
 nondeterminism. Every transition takes its arguments (which node, which token, which fresh id, which
 child) as free parameters, and its guard says only what the core itself enforces, so one proof covers
 every policy, explorer count, exit set, priority rule, buffer size and eviction choice: a policy is a
@@ -39,7 +39,7 @@ Transitions (the core's primitive moves; a round is a sequence of them, see belo
 A core round (every chosen node advances one layer, batched with a causal tree mask) is the sequence
 of `advance` moves in slot order, parents before children: a parent computing layer l in the same
 round has done so when its child reads it. Exits, expansions, evictions and commits follow, as in
-`dexsim.lattice.step`. The conformance tests check exactly this decomposition on the real core.
+`dexsim.core.lattice.step`. The conformance tests check exactly this decomposition on the real core.
 
 Invariants (`CLAUSES`, each tagged with the theorem it belongs to; all of them together are the
 inductive invariant, every one of them is proved preserved by every transition given all of them):

@@ -1,6 +1,6 @@
 """The lattice of one sequence, round by round, rebuilt from the core's event log alone.
 
-No matplotlib here: this module turns an event log (dexsim/lattice.py, EVENT_DTYPE) into one `Frame`
+No matplotlib here: this module turns an event log (dexsim/core/lattice.py, EVENT_DTYPE) into one `Frame`
 per round, the state at the *end* of that round, so the drawing code and the tests look at exactly the
 same thing. Nothing is recomputed from a trace or a policy: what a frame shows is what the core did.
 

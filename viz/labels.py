@@ -5,7 +5,7 @@
 decoding them would print real-looking words that no model produced.
 
 Two ids are not real tokens. A replay's root holds -1: the last prompt token, which the trace does not
-record. Tokens at or above the vocabulary size are a replay's off-path guesses (dexsim/replay.py gives
+record. Tokens at or above the vocabulary size are a replay's off-path guesses (dexsim/replay/executor.py gives
 them fresh ids so they never match): the trace does not know what a real model would have guessed
 there, so they are shown as a dot.
 """

@@ -1,4 +1,4 @@
-"""`python -m viz sweep DIR`: PNG plots of a sweep's results (`dexsim sweep`, dexsim/sweep.py).
+"""`python -m viz sweep DIR`: PNG plots of a sweep's results (`dexsim sweep`, dexsim/sweep/).
 
     python -m viz sweep results/ [--out results/plots] [--traces 'traces/*.npz']
 

@@ -2,7 +2,7 @@
 run of the reference engine (dexref) on a real model.
 
 Each gives a `RunLog`: the events of one sequence and what is needed to label them.
-A trace is replayed by the lattice core itself (dexsim/lattice.py with the replay executor), all of
+A trace is replayed by the lattice core itself (dexsim/core/lattice.py with the replay executor), all of
 its sequences together exactly as `python -m dexsim replay` does, so with the same seed the events are
 those `dexsim replay --events` writes. The run is stepped only until the chosen sequence has committed
 the last token shown: the rounds before that do not depend on what comes after, and replaying a whole

@@ -22,7 +22,7 @@ class ModelSource:
     version: str
     member: str  # path of the GGUF inside the wheel
     sha256: str  # of the GGUF file
-    catalog: str  # entry in dexsim/data/models.json
+    catalog: str  # entry in dexsim/specs/data/models.json
     # A GGUF split over several wheels: (package, member) of each chunk, in order, all at `version`;
     # the file is their concatenation (`package` is then the umbrella package, `member` the file's name).
     chunks: tuple[tuple[str, str], ...] = ()

@@ -105,7 +105,16 @@ class State(structref.StructRefProxy):
     rows_diff [L+2] (weight loads and node-layers per layer, as difference arrays over layers);
     the event log: ev_int [capacity, 9] (EVENT_DTYPE's fields but conf), ev_conf [capacity], its first
     n_events rows used; executor hooks: hooks [capacity, 4] (kind, seq, slot, node id), its first
-    n_hooks rows used, drained after each transition. Both grow by doubling."""
+    n_hooks rows used, drained after each transition;
+    the work log (`work`, for the discrete-event simulator; see `work_log`): steps [S] (core steps
+    taken: a jump of m rounds is one step), cut_after [L+1] (depths after which a node's next layer
+    may run on another device), per node [S, M] last_step (the step of its last layer, -1: none),
+    src_step and src_depth (the step, and the depth, whose result its first layer waits for),
+    last_commit [S] (the last committed anchor's last step); wk_group [capacity, 8] int32 (seq, step,
+    depth, layers, rows, context, round, first of its step: one cache line a group), wk_dep
+    [capacity, 3] (group, step, depth), wk_commit [capacity, 2] (seq, step), their first n_wk_group /
+    n_wk_dep / n_wk_commit rows used; wk_scratch [M] (a step's group depths).
+    Every log grows by doubling."""
 
 
 _STATE_FIELDS = (
@@ -115,6 +124,8 @@ _STATE_FIELDS = (
     "tag", "output",
     "tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks",
     "load_rows", "head_rows", "context", "load_diff", "rows_diff", "ev_int", "ev_conf", "n_events", "hooks", "n_hooks",
+    "work", "steps", "cut_after", "last_step", "src_step", "src_depth", "last_commit",
+    "wk_group", "n_wk_group", "wk_dep", "n_wk_dep", "wk_commit", "n_wk_commit", "wk_scratch",
 )
 
 
@@ -175,7 +186,9 @@ class Lattice:
     """The state of S lattices, one per sequence, and the transitions of DESIGN.md section 3."""
 
     def __init__(self, *, L: int, exits: np.ndarray, capacity: int, root_tokens, root_pos, max_tokens,
-                 eos: int | None = None, record_events: bool = False):
+                 eos: int | None = None, record_events: bool = False, work_cuts=None):
+        """`work_cuts`: record the work log (`work_log`), with a node's dependency on its previous
+        layer noted after these depths (where pipeline stages may meet); None: no work log."""
         S, M = len(root_tokens), capacity
         is_exit = np.zeros(L + 1, bool)
         is_exit[np.asarray(exits)] = True
@@ -199,12 +212,19 @@ class Lattice:
             load_rows=np.zeros(M + 1, np.int64), head_rows=np.zeros(M + 1, np.int64),
             context=np.zeros(1, np.int64), load_diff=np.zeros(L + 2, np.int64), rows_diff=np.zeros(L + 2, np.int64),
             ev_int=np.zeros((64 if record_events else 0, 9), np.int64),
-            ev_conf=np.zeros(64 if record_events else 0), n_events=0, hooks=np.zeros((64, 4), np.int64), n_hooks=0)
+            ev_conf=np.zeros(64 if record_events else 0), n_events=0, hooks=np.zeros((64, 4), np.int64), n_hooks=0,
+            work=work_cuts is not None, steps=zeros(),
+            cut_after=np.zeros(L + 1, bool) if work_cuts is None else np.asarray(work_cuts, bool),
+            last_step=full(-1), src_step=full(-1), src_depth=full(0), last_commit=np.full(S, -1, np.int64),
+            wk_group=np.zeros((0 if work_cuts is None else 64, 8), np.int32), n_wk_group=0,
+            wk_dep=np.zeros((0 if work_cuts is None else 64, 3), np.int64), n_wk_dep=0,
+            wk_commit=np.zeros((0 if work_cuts is None else 64, 2), np.int64), n_wk_commit=0,
+            wk_scratch=np.zeros(M, np.int64))
         f["token"][:, 0] = root_tokens
         f["pos"][:, 0] = root_pos
         self.st = State(*(f[k] for k in _STATE_FIELDS))
         self.L, self.S, self.M, self.eos = L, S, M, eos
-        for name in ("is_exit", "next_exit", "prev_exit", "n", "next_id", "round", "max_tokens", "active",
+        for name in ("is_exit", "next_exit", "prev_exit", "cut_after", "n", "next_id", "round", "steps", "max_tokens", "active",
                      "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth",
                      "spawn_conf", "guessed", "tag", "output"):
             setattr(self, name, f[name])  # the same arrays the compiled rules write
@@ -236,6 +256,15 @@ class Lattice:
             out["conf"] = conf
             out = out[np.argsort(out["seq"], kind="stable")]
         return out
+
+    def work_log(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The work log so far, by step, then sequence, as the core did the work: groups [n, 8] (seq,
+        step, depth before the step, layers, rows, context, round, first of its step), first-layer
+        dependencies [n, 3] (group, step waited for (-1: the request's arrival), depth of that step's
+        device) and commits [n, 2] (seq, step in which the committed node read its final token). A group is the chosen nodes of one sequence at one depth in one step: they
+        share a weight load at each of its layers."""
+        g, ng, d, nd, c, nc = _work_log(self.st)
+        return g[:ng], d[:nd], c[:nc]
 
     def tree(self, s: int) -> list[dict]:
         """The live lattice of sequence s as plain records (for tests, viz and debugging)."""
@@ -349,6 +378,11 @@ def _event_log(st):
 
 
 @njit(cache=True)
+def _work_log(st):
+    return st.wk_group, st.n_wk_group, st.wk_dep, st.n_wk_dep, st.wk_commit, st.n_wk_commit
+
+
+@njit(cache=True)
 def _grown(a):
     """`a` with twice the rows (at least 64), the old ones copied."""
     out = np.zeros((max(2 * len(a), 64),) + a.shape[1:], a.dtype)
@@ -384,6 +418,8 @@ def advance_seq(st, s, chosen, m):
             k += 1
     if k == 0:
         return
+    if st.work:
+        _log_work(st, s, chosen, m)
     st.rounds[s] += m
     st.node_layers[s] += k * m
     for j in range(st.M):  # one weight load per distinct layer in a round; its rows share it
@@ -400,6 +436,52 @@ def advance_seq(st, s, chosen, m):
         if chosen[j]:
             st.depth[s, j] += m
     st.round[s] += m - 1  # what follows happens in the last of these rounds
+
+
+@njit(cache=True)
+def _log_work(st, s, chosen, m):
+    """The work of this step of sequence s: its groups in depth order, then (in slot order) the
+    first-layer dependencies that may cross devices: a node at depth 0 waits for the step that spawned
+    it (or read the token it stands for); a node whose next layer may start a stage waits for its
+    previous layer. Every other dependency lies on the same device, earlier in its queue."""
+    depths = st.wk_scratch  # the distinct depths of the chosen nodes, ascending (insertion sort)
+    k = 0
+    for j in range(st.M):
+        if chosen[j] and _first_at_depth(st, s, chosen, j):
+            i = k
+            while i > 0 and depths[i - 1] > st.depth[s, j]:
+                depths[i] = depths[i - 1]
+                i -= 1
+            depths[i] = st.depth[s, j]
+            k += 1
+    while st.n_wk_group + k > len(st.wk_group):
+        st.wk_group = _grown(st.wk_group)
+    g0 = st.n_wk_group
+    for i in range(k):
+        rows = ctx = 0
+        for j in range(st.M):
+            if chosen[j] and st.depth[s, j] == depths[i]:
+                rows += 1
+                ctx += st.pos[s, j] + 1
+        g = st.wk_group[g0 + i]
+        g[0], g[1], g[2], g[3] = s, st.steps[s], depths[i], m
+        g[4], g[5], g[6], g[7] = rows, ctx, st.round[s], i == 0
+    st.n_wk_group += k
+    for j in range(st.M):
+        if chosen[j]:
+            d = st.depth[s, j]
+            if d == 0 or st.cut_after[d]:
+                if st.n_wk_dep == len(st.wk_dep):
+                    st.wk_dep = _grown(st.wk_dep)
+                i = 0
+                while depths[i] != d:
+                    i += 1
+                e = st.wk_dep[st.n_wk_dep]
+                e[0] = g0 + i
+                e[1] = st.src_step[s, j] if d == 0 else st.last_step[s, j]
+                e[2] = st.src_depth[s, j] if d == 0 else d
+                st.n_wk_dep += 1
+            st.last_step[s, j] = st.steps[s]
 
 
 @njit(cache=True)
@@ -471,6 +553,9 @@ def expand_seq(st, s, js, toks, buffer, evict):
             st.spawn_conf[s, c] = st.exit_conf[s, j]
             st.guessed[s, c] = False
             st.guessed[s, j] = True
+            st.last_step[s, c] = -1
+            st.src_step[s, c] = st.steps[s]  # its first layer waits for this step's exit read
+            st.src_depth[s, c] = st.depth[s, j]
             c += 1
     for i in range(st.n[s], c):
         _hook(st, HOOK_SPAWNED, s, i)
@@ -524,6 +609,13 @@ def commit_seq(st, s):
         _log(st, COMMIT, s, 0, y, st.depth[s, 0], 0, 0.0, st.node_id[s, 0], -1)
         st.output[s, st.tokens[s]] = y
         _hook(st, HOOK_COMMITTED, s, 0)
+        st.last_commit[s] = st.last_step[s, 0]
+        if st.work:
+            if st.n_wk_commit == len(st.wk_commit):
+                st.wk_commit = _grown(st.wk_commit)
+            st.wk_commit[st.n_wk_commit, 0] = s
+            st.wk_commit[st.n_wk_commit, 1] = st.last_step[s, 0]
+            st.n_wk_commit += 1
         st.tokens[s] += 1
         n = st.n[s]
         keep = np.zeros(st.M, np.bool_)  # the matching child and its subtree (slots are topological)
@@ -590,6 +682,9 @@ def _compact(st, s, keep):
                 st.spawn_conf[s, w] = st.spawn_conf[s, j]
                 st.guessed[s, w] = st.guessed[s, j]
                 st.tag[s, w] = st.tag[s, j]
+                st.last_step[s, w] = st.last_step[s, j]
+                st.src_step[s, w] = st.src_step[s, j]
+                st.src_depth[s, w] = st.src_depth[s, j]
                 st.parent[s, w] = st.parent[s, j]
             w += 1
     for i in range(w):
@@ -613,6 +708,9 @@ def _reset_root(st, s, token, pos):
     st.spawn_depth[s, 0] = 0
     st.spawn_conf[s, 0] = 0
     st.guessed[s, 0] = False
+    st.last_step[s, 0] = -1
+    st.src_step[s, 0] = st.last_commit[s]  # its first layer waits for the committed token
+    st.src_depth[s, 0] = st.L
     st.n[s] = 1
 
 
@@ -701,5 +799,7 @@ def step(lat: Lattice, policy, executor: Executor) -> None:
     lat.commit(executor)
     if everyone:
         lat.round += 1
+        lat.steps += 1
     else:
         lat.round[s] += 1
+        lat.steps[s] += 1

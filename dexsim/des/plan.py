@@ -1,6 +1,6 @@
 """Device steps of a recorded replay on a pipeline, and their timeline when a request runs alone.
 
-A `Plan` turns a WorkLog (dexsim/des_record.py) into the work items of the DES for G pipeline stages:
+A `Plan` turns a WorkLog (dexsim/des/record.py) into the work items of the DES for G pipeline stages:
 
 - A **step** is what one device does for one request in one round: the node-layers of that round at
   the device's layers (one weight load per distinct layer, rows at the same layer share it), then the
@@ -22,7 +22,7 @@ A `Plan` turns a WorkLog (dexsim/des_record.py) into the work items of the DES f
 `timeline` computes, for every sequence decoded alone on an idle pipeline, when each step starts and
 ends: a max-plus recurrence in issue order, vectorized over sequences (numpy, one pass per segment of
 core steps) or a plain loop for few sequences. No per-node-layer events: that is what makes the DES
-fast when nothing competes for the devices. dexsim/des.py runs the competing case.
+fast when nothing competes for the devices. dexsim/des/simulate.py runs the competing case.
 """
 from __future__ import annotations
 

@@ -1,16 +1,17 @@
-"""Recording a replay's work for the discrete-event simulator (dexsim/des.py).
+"""A replay's work for the discrete-event simulator (dexsim/des/simulate.py).
 
 The scheduler decides timing, never tokens (DESIGN.md section 3), so the DES does not drive the
 lattice: the lattice core runs exactly as under `lockstep` (same policy objects, same rounds, same
-counters), and a `WorkRecorder` wrapped around the replay executor writes down, per core step, what
-each sequence computed. The DES later prices and times that record on any hardware configuration,
-which is also why a sweep replays once and simulates every GPU configuration from the same record.
+counters, the same one compiled loop), and writes down as it advances, per core step, what each
+sequence computed (`Lattice.work_log`). The DES later prices and times that record on any hardware
+configuration, which is also why a sweep replays once and simulates every GPU configuration from it.
 
 What is recorded (a `WorkLog`, hardware-independent):
 
 - groups: the node-layers of one sequence in one core step that start at the same depth. They share
-  one weight load per round (the core's own grouping); a core step of m rounds advances each group m
-  layers. Per group: rows, and the KV positions its rows read (sum of pos + 1, as `context_sum`).
+  one weight load per round (the core's own grouping, the same count that lockstep pricing reads); a
+  core step of m rounds advances each group m layers. Per group: rows, and the KV positions its rows
+  read (sum of pos + 1, as `context_sum`).
 - first-layer dependencies that may cross devices: for a node at depth 0, the step whose exit read
   spawned it (or, for a fresh anchor after a fallback, the step that read the committed token); for a
   node whose next layer may start a pipeline stage (depths in `cut_after`), the step that computed its
@@ -20,26 +21,27 @@ What is recorded (a `WorkLog`, hardware-independent):
   every node of a group ends the step at the same depth, so all of them read an exit head there or
   none does (the exit set is in the log).
 
-Group arrays are int32 (and a bool marking each (call, sequence)'s first group): the DES makes a few
-passes over millions of groups, and on this machine those passes are bound by memory bandwidth.
-
-The recorder keeps its per-node state in arrays indexed by the node id, which the core never reuses
-within a sequence, so collapses and evictions (which move nodes between slots) need no bookkeeping.
+A step of a sequence is its "call": sequences advance one core step at a time side by side, so the
+k-th step of every sequence is call k. Arrays are sorted by call, then sequence, then depth; group
+arrays are int32 (and a bool marking each (call, sequence)'s first group): the DES makes a few passes
+over millions of groups, and on this machine those passes are bound by memory bandwidth.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit
 
 from dexsim.hardware.pricing import stage_first_layers, tally_of
-from dexsim.replay.executor import ReplayExecutor, replay
+from dexsim.core import lattice as core
+from dexsim.replay.executor import ReplayExecutor, replay_lattice
 
 
 @dataclass
 class WorkLog:
-    """The work of one replay, per core step ("call"), for the DES. Arrays are in recording order:
-    by call, then by sequence, then by depth."""
+    """The work of one replay, per core step ("call"), for the DES. Arrays are sorted by call, then
+    sequence (then depth, for groups; slot order, for dependencies)."""
 
     L: int
     n_seqs: int
@@ -70,108 +72,31 @@ def cut_mask(L: int, pps) -> np.ndarray:
     return mask
 
 
-class WorkRecorder:
-    """An executor that delegates to `inner` (a ReplayExecutor) and records a WorkLog."""
+def worklog(lat) -> WorkLog:
+    """The WorkLog of a finished run on `lat` (made with `work_cuts`)."""
+    g, d, c = lat.work_log()  # already by call, then sequence: the core takes the sequences side by side
+    counters = {k: np.array(getattr(lat.counters, k)) for k in
+                ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")}
+    cols = _columns(g)
+    return WorkLog(lat.L, lat.S, int(lat.steps.max(initial=0)), np.array(lat.cut_after), np.array(lat.is_exit),
+                   cols[1], cols[0], cols[7].astype(bool), cols[2], cols[3], cols[4], cols[5].astype(np.float64),
+                   cols[6].astype(np.int64), d[:, 0].copy(), d[:, 1].copy(), d[:, 2].copy(), c[:, 0].copy(),
+                   c[:, 1].copy(), counters)
 
-    def __init__(self, inner, L: int, cut_after: np.ndarray | None = None):
-        self.inner, self.L = inner, L
-        self.can_jump = inner.can_jump
-        self.cut_after = np.ones(L + 1, bool) if cut_after is None else np.asarray(cut_after, bool)
-        self.call = -1
-        self._cap = 0
-        self._parts: dict[str, list] = {k: [] for k in ("g", "d", "c")}
-        self._n_groups = 0
-        if hasattr(inner, "discarded"):
-            self.discarded = inner.discarded
 
-    # per-node state, by node id: the call of its last layer, and its first layer's dependency
-    def _grow(self, lat) -> None:
-        need = int(lat.next_id.max()) + 1
-        if need <= self._cap:
-            return
-        cap = max(need, 2 * self._cap, 64)
-        S = lat.S
-        old = (self._last, self._src_call, self._src_depth) if self._cap else None
-        self._last = np.full((S, cap), -1, np.int64)
-        self._src_call = np.full((S, cap), -1, np.int64)
-        self._src_depth = np.zeros((S, cap), np.int64)
-        if old is not None:
-            for new, o in zip((self._last, self._src_call, self._src_depth), old):
-                new[:, : self._cap] = o
-        else:
-            self._last_commit = np.full(S, -1, np.int64)
-        self._cap = cap
-
-    def spawned(self, lat, s, j):
-        self.inner.spawned(lat, s, j)
-        self._grow(lat)
-        ids = lat.node_id[s, j]
-        p = lat.parent[s, j]
-        child = p >= 0
-        fresh = self.call < 0  # the roots of a run: they wait for the request's arrival only
-        self._src_call[s, ids] = np.where(child, self.call, -1 if fresh else self._last_commit[s])
-        self._src_depth[s, ids] = np.where(child, lat.depth[s, np.maximum(p, 0)], 0 if fresh else self.L)
-        self._last[s, ids] = -1
-
-    def committed(self, lat, s, ids):
-        hook = getattr(self.inner, "committed", None)
-        if hook is not None:
-            hook(lat, s, ids)
-        src = self._last[s, ids]
-        self._last_commit[s] = src
-        self._parts["c"].append((s.astype(np.int64), src))
-
-    def compute(self, lat, s, j, layers):
-        self.call += 1
-        self._grow(lat)
-        L = self.L
-        d0 = lat.depth[s, j]
-        ids = lat.node_id[s, j]
-        key = s * (L + 1) + d0
-        _, first, inv, rows = np.unique(key, return_index=True, return_inverse=True, return_counts=True)
-        ctx = np.bincount(inv, weights=(lat.pos[s, j] + 1).astype(np.float64), minlength=len(first))
-        gs = s[first]
-        gfirst = np.empty(len(gs), bool)
-        gfirst[:1] = True
-        np.not_equal(gs[1:], gs[:-1], out=gfirst[1:])
-        self._parts["g"].append((np.full(len(first), self.call, np.int32), gs, gfirst, d0[first], layers[first],
-                                 rows, ctx, lat.round[gs]))
-        new = d0 == 0
-        cut = ~new & self.cut_after[d0]
-        sel = new | cut
-        if sel.any():
-            ss, ii = s[sel], ids[sel]
-            src = np.where(new[sel], self._src_call[ss, ii], self._last[ss, ii])
-            dep = np.where(new[sel], self._src_depth[ss, ii], d0[sel])
-            self._parts["d"].append((self._n_groups + inv[sel], src, dep))
-        self._n_groups += len(first)
-        self._last[s, ids] = self.call
-        self.inner.compute(lat, s, j, layers)
-
-    def read_exits(self, lat, s, j):
-        return self.inner.read_exits(lat, s, j)
-
-    def worklog(self, lat) -> WorkLog:
-        """The record of the finished run on `lat`."""
-        def cat(name, n, dtypes):
-            parts = self._parts[name]
-            if not parts:
-                return [np.zeros(0, dt) for dt in dtypes]
-            return [np.concatenate([p[i] for p in parts]).astype(dtypes[i]) for i in range(n)]
-
-        i64, i32, f64 = np.int64, np.int32, np.float64
-        g = cat("g", 8, (i32, i32, bool, i32, i32, i32, f64, i64))
-        d = cat("d", 3, (i64, i64, i64))
-        c = cat("c", 2, (i64, i64))
-        cnt = lat.counters
-        counters = {k: np.array(getattr(cnt, k)) for k in
-                    ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")}
-        return WorkLog(self.L, lat.S, self.call + 1, self.cut_after, np.array(lat.is_exit), *g, *d, *c, counters)
+@njit(cache=True)
+def _columns(rows):
+    """[k, n] from [n, k] in one pass (rows are a cache line each; columns are what the DES reads)."""
+    out = np.empty((rows.shape[1], rows.shape[0]), rows.dtype)
+    for i in range(rows.shape[0]):
+        for k in range(rows.shape[1]):
+            out[k, i] = rows[i, k]
+    return out
 
 
 def record(trace, policy, *, seed: int = 0, pps=(1,), record_events: bool = False):
     """Replay `policy` on `trace` exactly as `replay.replay` does, recording its work for the DES on
     pipelines of `pps` stages. Returns (lattice, Tally for lockstep pricing, WorkLog)."""
-    rec = WorkRecorder(ReplayExecutor(trace, seed), trace.L, cut_mask(trace.L, pps))
-    lat = replay(trace, policy, seed=seed, record_events=record_events, executor=rec)
-    return lat, tally_of(lat), rec.worklog(lat)
+    lat = replay_lattice(trace, policy, record_events, work_cuts=cut_mask(trace.L, pps))
+    core.run(lat, policy, ReplayExecutor(trace, seed))
+    return lat, tally_of(lat), worklog(lat)

@@ -4,11 +4,11 @@ The model (DESIGN.md section 3, "pipeline"; issue 8):
 
 - Tokens never depend on the scheduler. The lattice core runs each sequence exactly as under
   `lockstep` (same policy objects, rounds, tokens and counters); the replay's work is recorded
-  (dexsim/des_record.py) and this module decides only *when* each piece of it runs.
+  (dexsim/des/record.py) and this module decides only *when* each piece of it runs.
 - Devices: the L layers are split into `--pp` contiguous, balanced stages (as lockstep pricing splits
   them); a stage is one device made of `--tp` GPUs (the cost model adds the TP all-reduces), holding
   its layers and a copy of the exit head.
-- Work items ("steps", dexsim/des_plan.py): what one device does for one request in one round (rounds
+- Work items ("steps", dexsim/des/plan.py): what one device does for one request in one round (rounds
   of a jump fused while no node crosses a stage): one weight load per distinct layer, rows at the same
   layer sharing it, then one head load for the exit reads there. Priced by the roofline cost model.
 - Dependencies, the dependency rule of DESIGN.md section 3 in time: a step waits for the device to

@@ -1,7 +1,7 @@
 """The roofline cost model: seconds for a layer step, an exit-head group, a stage transfer and AR decoding.
 
 DESIGN.md section 6. Every hardware and calibration number comes from the GPU catalog
-(`dexsim/data/gpus.json`); this module only counts what a decoder-only transformer moves and computes:
+(`dexsim/specs/data/gpus.json`); this module only counts what a decoder-only transformer moves and computes:
 
     step = max(FLOPs / (peak x compute eff), bytes / (bandwidth x bandwidth eff)) + fixed overhead
            (+ two ring all-reduces per layer under tensor parallelism)

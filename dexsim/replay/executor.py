@@ -144,13 +144,15 @@ def spawned_node(st, rx, s, j):
 
 @njit(cache=True)
 def _replay_rounds(st, pol, rx):
-    """The core's `step` for one sequence at a time, every round, with this executor: the same
-    transitions, never leaving compiled code."""
+    """The core's `step` with this executor, every round, never leaving compiled code: the same
+    transitions, the sequences side by side one core step at a time (as the Python rounds take them,
+    so the work log comes in the same order)."""
     chosen = np.zeros(st.M, np.bool_)
     req_j = np.empty(st.M, np.int64)
     req_tok = np.empty(st.M, np.int64)
-    for s in range(len(st.n)):
-        while st.active[s]:
+    live = np.flatnonzero(st.active)
+    while len(live):
+        for s in live:
             m = select_seq(st, s, pol, chosen)
             for j in range(st.M):  # jump to the first exit depth of any chosen node
                 if chosen[j]:
@@ -172,6 +174,9 @@ def _replay_rounds(st, pol, rx):
             core.commit_seq(st, s)
             _tell_spawns(st, rx)
             st.round[s] += 1
+            st.steps[s] += 1
+        if not st.active[live].all():
+            live = live[st.active[live]]
 
 
 @njit(cache=True)
@@ -222,23 +227,22 @@ def _uniform(h, stream):
     return np.float64(_mix(h ^ np.uint64(stream)) >> np.uint64(11)) * 2.0**-53
 
 
-def replay(trace: Trace, policy, *, seed: int = 0, record_events: bool = False, executor=None) -> core.Lattice:
-    """Run `policy` over every sequence of `trace` at once; returns the finished lattice. `executor`:
-    another executor wrapped around this trace's (the DES's recorder), or None."""
-    lat = replay_lattice(trace, policy, record_events)
-    return core.run(lat, policy, executor or ReplayExecutor(trace, seed))
+def replay(trace: Trace, policy, *, seed: int = 0, record_events: bool = False) -> core.Lattice:
+    """Run `policy` over every sequence of `trace` at once; returns the finished lattice."""
+    return core.run(replay_lattice(trace, policy, record_events), policy, ReplayExecutor(trace, seed))
 
 
-def replay_lattice(trace: Trace, policy, record_events: bool = False) -> core.Lattice:
+def replay_lattice(trace: Trace, policy, record_events: bool = False, work_cuts=None) -> core.Lattice:
     """The fresh lattice a replay of `trace` under `policy` runs on: every sequence, rooted at its
-    prompt's last position; the policy may only read depths the trace recorded."""
+    prompt's last position; the policy may only read depths the trace recorded. `work_cuts`: see
+    `Lattice`."""
     bad = np.setdiff1d(policy.exits, trace.depths)
     if len(bad):
         raise UserError(f"{trace.path or 'trace'}: exit depth {int(bad[0])} is not recorded in field 'depths' "
                         f"(recorded: {','.join(map(str, trace.depths))})")
     return core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
                         root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
-                        max_tokens=np.diff(trace.seq_offsets), record_events=record_events)
+                        max_tokens=np.diff(trace.seq_offsets), record_events=record_events, work_cuts=work_cuts)
 
 
 def output_matches(trace: Trace, lat: core.Lattice) -> bool:

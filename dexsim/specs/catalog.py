@@ -1,4 +1,4 @@
-"""The model and GPU catalogs: data files in `dexsim/data/`, read into frozen dataclasses."""
+"""The model and GPU catalogs: data files in `dexsim/specs/data/`, read into frozen dataclasses."""
 from __future__ import annotations
 
 import json
@@ -26,7 +26,7 @@ class ModelSpec:
     bytes_per_weight: float
     source: str
     # Weights one exit-head read adds before the shared head: 0 for the logit lens, an adapter's
-    # parameters with trained exit heads (`with_heads`, dexsim/data/exit_heads.json).
+    # parameters with trained exit heads (`with_heads`, dexsim/specs/data/exit_heads.json).
     head_adapter_params: int = 0
 
     def arch(self) -> dict:
@@ -79,7 +79,7 @@ def with_heads(model: ModelSpec, heads: str) -> ModelSpec:
     name = heads.removeprefix(TRAINED)
     known = exit_heads()
     if not heads.startswith(TRAINED) or name not in known:
-        raise UserError(f"heads {heads!r}: unknown (lens, or trained:NAME with NAME in dexsim/data/exit_heads.json: "
+        raise UserError(f"heads {heads!r}: unknown (lens, or trained:NAME with NAME in dexsim/specs/data/exit_heads.json: "
                         f"{', '.join(sorted(known))})")
     entry = known[name]
     params = entry["params_per_exit"] if entry["model"] == model.name else adapter_params(entry, model.hidden)

@@ -1,4 +1,5 @@
-"""The discrete-event scheduler (dexsim/des.py): tokens and counters as lockstep, the identities of
+"""The discrete-event scheduler (dexsim/des): tokens and counters as lockstep, the work log the same
+from the compiled loop and the Python rounds, the identities of
 issue 8 (one device = lockstep, AR on a pipeline = one device + transfers, utilization = busy time),
 the dependency rule checked on recorded device events against the core's event log, the closed form
 against the SimPy engine, serving load, and the CLI."""
@@ -18,11 +19,12 @@ from dexsim.specs.catalog import get_gpu, get_model
 from dexsim.cli.main import main
 from dexsim.des.simulate import Load, simulate
 from dexsim.des.plan import compile_plan, durations, timeline
-from dexsim.des.record import record
+from dexsim.core import lattice as core
+from dexsim.des.record import cut_mask, record, worklog
 from dexsim.core.lattice import ADVANCE, COMMIT, SPAWN
 from dexsim.core.policies import AR
 from dexsim.core.registry import make_policy
-from dexsim.replay.executor import output_matches, result
+from dexsim.replay.executor import ReplayExecutor, output_matches, replay_lattice, result
 from dexsim.hardware.pricing import replay_tally
 from dexsim.traces.synth import synth_trace
 from dexsim.traces.format import save_trace
@@ -54,6 +56,32 @@ def _hw(model, pp=1, tp=1, batch=1, gpu=GPU):
 
 def _tiny_model(L):
     return dataclasses.replace(get_model("llama2-7b"), layers=L)
+
+
+# --- the work log ---------------------------------------------------------------------------------------
+
+class _PythonRounds(ReplayExecutor):
+    """The same executor, but a subclass: the core runs it one Python `step` at a time."""
+
+
+@given(traces(), st.data(), st.integers(0, 3))
+def test_the_compiled_loop_logs_the_work_the_python_rounds_log(trace, data, seed):
+    """The DES reads the work the core logs as it advances; the compiled replay loop and the core's
+    Python rounds (any other executor) log the same work, in the same order."""
+    policy = data.draw(policies(trace))
+    cuts = cut_mask(trace.L, range(1, trace.L + 1))
+    logs = []
+    for executor in (ReplayExecutor(trace, seed), _PythonRounds(trace, seed)):
+        lat = replay_lattice(trace, policy, work_cuts=cuts)
+        core.run(lat, policy, executor)
+        logs.append(worklog(lat))
+    a, b = logs
+    for f in dataclasses.fields(a):
+        x, y = getattr(a, f.name), getattr(b, f.name)
+        if isinstance(x, dict):
+            assert x.keys() == y.keys() and all((x[k] == y[k]).all() for k in x)
+        else:
+            assert np.array_equal(x, y) and getattr(x, "dtype", None) == getattr(y, "dtype", None), f.name
 
 
 # --- the dependency rule, on recorded events ----------------------------------------------------------

@@ -14,7 +14,7 @@ from dexsim.cli.main import main
 from dexsim.core.policies import AR
 from dexsim.core.registry import make_policy
 from dexsim.replay import hindsight
-from dexsim.replay.executor import output_matches, result
+from dexsim.replay.executor import output_matches
 from dexsim.hardware.pricing import replay_tally
 from dexsim.traces.transforms import rescale_depths
 from dexsim.traces.synth import synth_trace

@@ -1,4 +1,4 @@
-"""Conformance: the real lattice core (`dexsim.lattice`) under every policy, next to the transition
+"""Conformance: the real lattice core (`dexsim.core.lattice`) under every policy, next to the transition
 rules the proofs are about (`proofs.fsm`). See `proofs/conformance.py` for what is compared."""
 import numpy as np
 import pytest

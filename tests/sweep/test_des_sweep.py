@@ -7,10 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from dexsim.sweep import grid
 from dexsim.sweep import run as sweep_run
-from dexsim.sweep.store import FILES
-from dexsim.traces.transforms import first_seqs
 from dexsim.cli.main import main
 from dexsim.traces.synth import synth_trace
 from dexsim.traces.format import save_trace
