@@ -62,7 +62,8 @@ def main():
     model, hw = pricing.hardware(args.model, args.gpu, 1, args.pp, args.batch)
     load = parse_load(args.load, args.requests, args.batch)
     tokens = int(trace.seq_offsets[-1])
-    name = f"{registry.describe({'policy': cfg.name, **registry.policy_params(policy), 'exits': args.exits})} L={trace.L}"
+    name = registry.describe({"policy": cfg.name, **registry.policy_params(policy), "exits": args.exits})
+    name += f" L={trace.L}"
     if not args.skip_replay:
         t, _ = best_of(1, lambda: replay(trace, policy))
         print(f"{name}: replay {t:.2f} s, {tokens / t:,.0f} tokens/s")

@@ -37,7 +37,8 @@ def main():
         lat = replay(trace, policy)
         best, cpu = min(best, time.perf_counter() - t0), min(cpu, time.process_time() - c0)
     c = lat.counters.totals()
-    print(f"{registry.describe({'policy': cfg.name, **registry.policy_params(policy), 'exits': args.exits})} L={trace.L} "
+    name = registry.describe({"policy": cfg.name, **registry.policy_params(policy), "exits": args.exits})
+    print(f"{name} L={trace.L} "
           f"seqs={trace.n_seqs} tokens={c['tokens']}: {best:.2f} s wall ({cpu:.2f} s CPU), "
           f"{c['tokens'] / best:,.0f} tokens/s "
           f"({c['rounds'] / trace.n_seqs:.0f} rounds/sequence)")

@@ -49,7 +49,8 @@ def load_model(cfg: ModelConfig):
         model, meta = load_cached(folder, getattr(torch, cfg.dtype))
         tok = Tok(folder)
     except (OSError, ValueError, KeyError) as e:
-        raise UserError(f"{folder}: unreadable model cache ({e}); run `python -m dexref fetch {cfg.model} --force`") from None
+        raise UserError(f"{folder}: unreadable model cache ({e}); "
+                        f"run `python -m dexref fetch {cfg.model} --force`") from None
     return model, tok, meta
 
 

@@ -63,7 +63,8 @@ def add_axis_flags(p) -> None:
             p.add_argument(axis_flag(name), dest=name, default=default,
                            help=f"{users}: {param.help}, comma-separated{extra}{shown}")
         else:
-            p.add_argument(param.flag, dest=name, type=param.kind, default=default, help=f"{users}: {param.help}{shown}")
+            p.add_argument(param.flag, dest=name, type=param.kind, default=default,
+                           help=f"{users}: {param.help}{shown}")
 
 
 def register(sub) -> None:

@@ -224,7 +224,8 @@ class Lattice:
         f["pos"][:, 0] = root_pos
         self.st = State(*(f[k] for k in _STATE_FIELDS))
         self.L, self.S, self.M, self.eos = L, S, M, eos
-        for name in ("is_exit", "next_exit", "prev_exit", "cut_after", "n", "next_id", "round", "steps", "max_tokens", "active",
+        for name in ("is_exit", "next_exit", "prev_exit", "cut_after", "n", "next_id", "round", "steps",
+                     "max_tokens", "active",
                      "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth",
                      "spawn_conf", "guessed", "tag", "output"):
             setattr(self, name, f[name])  # the same arrays the compiled rules write
@@ -261,8 +262,9 @@ class Lattice:
         """The work log so far, by step, then sequence, as the core did the work: groups [n, 8] (seq,
         step, depth before the step, layers, rows, context, round, first of its step), first-layer
         dependencies [n, 3] (group, step waited for (-1: the request's arrival), depth of that step's
-        device) and commits [n, 2] (seq, step in which the committed node read its final token). A group is the chosen nodes of one sequence at one depth in one step: they
-        share a weight load at each of its layers."""
+        device) and commits [n, 2] (seq, step in which the committed node read its final token). A
+        group is the chosen nodes of one sequence at one depth in one step: they share a weight load
+        at each of its layers."""
         g, ng, d, nd, c, nc = _work_log(self.st)
         return g[:ng], d[:nd], c[:nc]
 

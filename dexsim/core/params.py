@@ -9,6 +9,8 @@ from typing import Callable
 from dexsim.errors import UserError
 
 PRIORITIES = ("eager", "align", "deep", "confident")  # dex's rules for choosing a round's branches
+DEFAULT_DRAFT = 4  # layerskip's draft length when none is given
+ORACLE_DRAFTS = (1, 2, 3, 4, 6, 8)  # the draft lengths oracle-select searches when none is given
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,8 @@ def nearest_half(L: int, depths) -> int:
 
 
 PARAMS = {p.name: p for p in (
-    Param("exits", str, "all", "exit set E: all | every:N | d1,d2,... (L always included)",
+    Param("exits", str, "all", "exit set E: all | every:N | d1,d2,... (L always included; all: every depth the "
+          "trace recorded, or maps onto --model)",
           axis="exits", axis_default="every:8"),
     Param("explorers", int, 4, "explorers: node-layers advanced per round", short="-k", low=1,
           axis="explorers", axis_default="4,8"),
@@ -57,7 +60,8 @@ PARAMS = {p.name: p for p in (
           axis="priorities", axis_default="eager,deep"),
     Param("exit", int, None, "the fixed exit depth e (default: the readable depth nearest L/2)",
           on_model=nearest_half),
-    Param("draft", int, None, "draft length gamma", low=0, axis="drafts", axis_default="1,2,4"),
+    Param("draft", int, None, f"draft length gamma (layerskip: {DEFAULT_DRAFT} if not given; oracle-select "
+          f"searches {', '.join(map(str, ORACLE_DRAFTS))} if not given)", low=0, axis="drafts", axis_default="1,2,4"),
     Param("threshold", float, 0.9, "exit confidence threshold tau", low=0.0, high=1.0,
           axis="thresholds", axis_default="0.9"),
 )}

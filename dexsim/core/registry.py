@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from dexsim.core.params import PARAMS
+from dexsim.core.params import DEFAULT_DRAFT, ORACLE_DRAFTS, PARAMS
 from dexsim.core.policies import AR, DEX, Adaptive, LayerSkip
 from dexsim.errors import UserError
 
@@ -45,10 +45,6 @@ class PolicySpec:
     @property
     def hindsight(self) -> bool:
         return self.build is None
-
-
-DEFAULT_DRAFT = 4
-ORACLE_DRAFTS = (1, 2, 3, 4, 6, 8)
 
 
 def _layerskip(L, exits, depths, p):
@@ -176,12 +172,14 @@ class PolicyConfig:
 def add_policy_flags(parser, known: list[str] | None = None, default: str | None = "dex") -> None:
     """`--policy` and one flag per parameter, each naming the policies that use it."""
     known = names() if known is None else known
-    parser.add_argument("--policy", default=default, help=f"one of {', '.join(known)} (default: {default})")
+    shown = "" if default is None else f" (default: {default})"
+    parser.add_argument("--policy", default=default, help=f"one of {', '.join(known)}{shown}")
     for p in PARAMS.values():
         users = [s.name for s in REGISTRY.values() if p.name in s.params and s.name in known]
         if not users:
             continue
-        shown = "" if p.default is None else f" (default: {p.default})"
+        shown = (f" ({', '.join(p.choices)})" if p.choices else "")
+        shown += "" if p.default is None else f" (default: {p.default})"
         parser.add_argument(p.flag, *([p.short] if p.short else []), dest=p.name, type=p.kind, default=p.default,
                             help=f"{', '.join(users)}: {p.help}{shown}")
 

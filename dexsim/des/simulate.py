@@ -74,7 +74,8 @@ class SchedulerConfig:
     arrival: str | None = option(None, "des: closed[:CLIENTS] (default closed:BATCH) or poisson:QPS (seeded by "
                                        "--seed); --batch is then the most requests in flight")
     micro_batch: int | None = option(None, "des: most requests in one device step (default: every ready one; "
-                                           "ceil(batch/pp) splits a batch across pipeline stages GPipe-style)", kind=int)
+                                           "ceil(batch/pp) splits a batch across pipeline stages GPipe-style)",
+                                     kind=int)
     trace_out: str | None = option(None, "des: write device activity as Chrome/Perfetto trace JSON")
 
     def check(self, priced: bool) -> None:

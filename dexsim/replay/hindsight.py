@@ -15,7 +15,8 @@ def candidates(trace: Trace, name: str, exits=None, **params) -> list:
     spec = registry.get(name)
     exits = trace.depths if exits is None else np.asarray(exits)
     full = registry.full_params(spec, params)
-    return [registry.make_policy(n, trace.L, depths=trace.depths, **p) for n, p in spec.candidates(trace.L, exits, full)]
+    return [registry.make_policy(n, trace.L, depths=trace.depths, **p)
+            for n, p in spec.candidates(trace.L, exits, full)]
 
 
 def replay_all(trace: Trace, policies: list, *, seed: int = 0) -> list[tuple[dict, object]]:

@@ -52,7 +52,8 @@ def _configs(spec: RowSpec):
     """(model, hardware, scheduler, load) of every row of a spec, in grid order; load None: lockstep."""
     for model, hw in spec.hardware:
         for sched, arrival in spec.schedules:
-            load = None if sched == "lockstep" else des.parse_load(arrival, spec.requests, hw.batch, spec.fields["seed"])
+            load = (None if sched == "lockstep"
+                    else des.parse_load(arrival, spec.requests, hw.batch, spec.fields["seed"]))
             yield model, hw, sched, load
 
 

@@ -32,5 +32,6 @@ def best_table(rows: list[dict]) -> str:
     right = {4, 5, 6}
 
     def fmt(line):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+        cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+        return "  ".join(cells).rstrip()
     return "\n".join([fmt(lines[0]), "  ".join("-" * w for w in widths), *map(fmt, lines[1:])])

@@ -1,4 +1,6 @@
 """The lattice core under every policy, on random traces: DESIGN.md section 3 invariants."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -427,3 +429,25 @@ def test_an_exit_set_without_L_still_reads_the_final_token():
     trace = fixed_ead_trace(3, 2, 6)
     lat = replay(trace, DEX(3, np.array([1]), 2, 3))
     assert output_matches(trace, lat)
+
+
+def test_a_change_to_compiled_code_gets_a_fresh_numba_cache(tmp_path, monkeypatch):
+    """Numba keys a cached function on its own file: a cache shared across versions of the core would
+    run machine code of the old core from the modules that call it. One cache folder per version."""
+    import dexsim
+
+    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    (tmp_path / "core").mkdir()
+    rules = tmp_path / "core" / "rules.py"
+    rules.write_text("@njit(cache=True)\ndef f(x):\n    return x + 1\n")
+    (tmp_path / "notes.py").write_text("x = 1\n")
+    first = dexsim.numba_cache_dir(tmp_path)
+    (tmp_path / "notes.py").write_text("x = 2\n")  # no compiled code: the same cache
+    assert dexsim.numba_cache_dir(tmp_path) == first
+    rules.write_text("@njit(cache=True)\ndef f(x):\n    return x + 2\n")
+    assert dexsim.numba_cache_dir(tmp_path) != first
+    current = dexsim.numba_cache_dir(tmp_path)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", current)  # a child process inherits the folder as it is
+    assert dexsim.numba_cache_dir(tmp_path) == current
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))  # the user's folder: a version in it
+    assert dexsim.numba_cache_dir(tmp_path) == str(tmp_path / "mine" / Path(current).name)

@@ -89,7 +89,8 @@ def test_result_fields_are_the_spec_parameters(name):
 
 def test_defaults_live_once_in_params():
     dex = make_policy("dex", 30)
-    assert (dex.explorers, dex.buffer, dex.priority) == tuple(PARAMS[p].default for p in ("explorers", "buffer", "priority"))
+    names = ("explorers", "buffer", "priority")
+    assert tuple(getattr(dex, p) for p in names) == tuple(PARAMS[p].default for p in names)
     assert make_policy("adaptive", 30).threshold == PARAMS["threshold"].default
     assert make_policy("layerskip", 30).exit == 15 and make_policy("layerskip", 31).exit == 15
     assert make_policy("layerskip", 32, depths=[8, 24, 32]).exit == 8  # ties: the shallower readable depth
