@@ -144,7 +144,10 @@ def policy_params(policy) -> dict:
 def describe(row: dict) -> str:
     """A configuration (a result row, or a policy name and its parameters) in a few words."""
     spec = REGISTRY.get(row["policy"])
-    return spec.describe(row) if spec is not None else str(row["policy"])
+    try:
+        return spec.describe(row) if spec is not None else str(row["policy"])
+    except (KeyError, TypeError, ValueError):  # a row without the parameters (an old or foreign file)
+        return str(row["policy"])
 
 
 # ---------------------------------------------------------------------------- at the CLI edge
@@ -173,7 +176,8 @@ def add_policy_flags(parser, known: list[str] | None = None, default: str | None
     """`--policy` and one flag per parameter, each naming the policies that use it."""
     known = names() if known is None else known
     shown = "" if default is None else f" (default: {default})"
-    parser.add_argument("--policy", default=default, help=f"one of {', '.join(known)}{shown}")
+    listed = "; ".join(f"{n}: {REGISTRY[n].help}" for n in known)
+    parser.add_argument("--policy", default=default, help=f"one of {', '.join(known)}{shown}. {listed}")
     for p in PARAMS.values():
         users = [s.name for s in REGISTRY.values() if p.name in s.params and s.name in known]
         if not users:

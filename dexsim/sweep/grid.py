@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from dexsim import depths as depth_sets
 from dexsim.config import csv_list, option
 from dexsim.core import registry
@@ -248,7 +250,19 @@ def _policy_rows(trace: Trace, base: Job, spec, axes: dict, notes: list, where: 
             jobs = [_job(base, n, p) for n, p in spec.candidates(trace.L, list(exits), full)]
         else:
             jobs = [_job(base, spec.name, params)]
+            _check(trace, spec.name, params)
         yield fields, jobs
+
+
+def _check(trace: Trace, name: str, params: dict) -> None:
+    """A configuration's values are allowed and its exits recorded: one line now, before any replay."""
+    own = {k: v for k, v in params.items() if k != "exits"}
+    policy = registry.make_policy(name, trace.L, exits=params.get("exits"), depths=trace.depths, **own)
+    bad = sorted(set(np.asarray(policy.exits).tolist()) - set(trace.depths.tolist()))
+    if bad:
+        given = [PARAMS[k].flag for k in own if PARAMS[k].on_model is not None]  # (--exits sets were filtered)
+        raise UserError(f"{given[0] if given else '--policies ' + name} {bad[0]}: not a recorded depth of "
+                        f"{trace.path} (recorded: {','.join(map(str, trace.depths))})")
 
 
 def build_grid(cfg: SweepConfig) -> Grid:

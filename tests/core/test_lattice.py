@@ -451,3 +451,65 @@ def test_a_change_to_compiled_code_gets_a_fresh_numba_cache(tmp_path, monkeypatc
     assert dexsim.numba_cache_dir(tmp_path) == current
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path / "mine"))  # the user's folder: a version in it
     assert dexsim.numba_cache_dir(tmp_path) == str(tmp_path / "mine" / Path(current).name)
+
+
+@given(trace_and_policy(), st.integers(0, 3), st.data())
+def test_the_work_log_is_the_event_log_grouped(tp, seed, data):
+    """The work log (what the DES times) says what the event log says: a group per (step, depth) of
+    advancing nodes with their rows, layers and context; a dependency for every node whose first layer
+    in a step waits for another step (spawned, or crossing a cut), pointing at that step; a commit per
+    token, at the step of the committed node's last layer."""
+    trace, policy = tp
+    cuts = np.array(data.draw(st.lists(st.booleans(), min_size=trace.L + 1, max_size=trace.L + 1)))
+    lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
+                       root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
+                       max_tokens=np.diff(trace.seq_offsets), record_events=True, work_cuts=cuts)
+    core.run(lat, policy, ReplayExecutor(trace, seed))
+    groups, deps, commits = lat.work_log()
+    ev = lat.events()
+    adv = ev[ev["kind"] == core.ADVANCE]
+    # steps of each sequence: its distinct advance rounds, in order; a group per (step, depth)
+    step_of, rounds_of = {}, {}
+    for s in range(lat.S):
+        starts = np.unique(adv["round"][adv["seq"] == s])
+        rounds_of[s] = starts
+        step_of.update({(s, int(r)): k for k, r in enumerate(starts)})
+    want = {}
+    for e in adv:
+        g = want.setdefault((int(e["seq"]), step_of[int(e["seq"]), int(e["round"])], int(e["depth"])), [0, 0, 0])
+        g[0] += 1
+        g[1] = int(e["n"])
+        g[2] += int(e["pos"]) + 1
+    got = {(int(g[0]), int(g[1]), int(g[2])): [int(g[4]), int(g[3]), int(g[5])] for g in groups}
+    assert got == want and len(groups) == len(want)
+    assert (lat.steps == [len(rounds_of[s]) for s in range(lat.S)]).all()
+
+    def step_at(s, r):  # the step whose rounds include round r
+        return int(np.searchsorted(rounds_of[s], r, side="right")) - 1
+
+    last, spawned, committed = {}, {}, set()
+    expected_deps, expected_commits = [], []
+    for e in ev:  # each sequence's events in order
+        s, node, r = int(e["seq"]), int(e["node"]), int(e["round"])
+        if e["kind"] == core.SPAWN:
+            parent = int(e["parent"])
+            if parent < 0:
+                spawned[s, node] = (-1, 0)  # a root: waits for its request only
+            elif (s, parent) in committed:
+                spawned[s, node] = (last[s, parent], trace.L)  # a fallback: the committed token
+            else:
+                spawned[s, node] = (step_at(s, r), int(e["n"]))  # the step that read its parent's exit
+        elif e["kind"] == core.COMMIT:
+            committed.add((s, node))
+            expected_commits.append((s, last[s, node]))
+        elif e["kind"] == core.ADVANCE:
+            d, k = int(e["depth"]), step_of[s, r]
+            if d == 0:
+                expected_deps.append((s, k, d, *spawned[s, node]))
+            elif cuts[d]:
+                expected_deps.append((s, k, d, last[s, node], d))
+            last[s, node] = k
+    got_deps = [(int(groups[g, 0]), int(groups[g, 1]), int(groups[g, 2]), int(src), int(dep))
+                for g, src, dep in deps]
+    assert sorted(got_deps) == sorted(expected_deps)
+    assert sorted(map(tuple, commits.tolist())) == sorted(expected_commits)

@@ -150,6 +150,9 @@ BAD = [
     (["--models", "gpt-7"], "--models"),
     (["--traces", "/nonexistent/*.npz"], "--traces"),
     (["--max-seqs", "-1"], "--max-seqs"),
+    (["--policies", "layerskip", "--exit", "40"], "--exit 40"),
+    (["--policies", "dex", "--priorities", "eager,fast"], "--priorities"),
+    (["--policies", "adaptive", "--buffer", "-1"], "--buffer"),
 ]
 
 
