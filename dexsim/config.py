@@ -24,10 +24,10 @@ def flag_of(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def add_flags(parser, cls, *, skip=(), defaults: dict | None = None) -> None:
-    """One flag per option field of the dataclass `cls` (all but `skip`); `defaults` overrides some."""
+def add_flags(parser, cls, *, defaults: dict | None = None) -> None:
+    """One flag per option field of the dataclass `cls`; `defaults` overrides some defaults."""
     for f in dataclasses.fields(cls):
-        if "help" not in f.metadata or f.name in skip:
+        if "help" not in f.metadata:
             continue
         default = (defaults or {}).get(f.name, f.default)
         names = [flag_of(f)] + ([f.metadata["short"]] if f.metadata["short"] else [])
@@ -43,13 +43,6 @@ def from_args(cls, args: argparse.Namespace, **overrides):
     """The dataclass `cls` from the parsed flags (fields that are not flags come from `overrides`)."""
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     return cls(**{**values, **overrides})
-
-
-def given(cfg, names, defaults) -> list[str]:
-    """The flags among `names` whose values in `cfg` differ from `defaults` (a dataclass or dict)."""
-    fields = {f.name: f for f in dataclasses.fields(cfg)}
-    base = defaults if isinstance(defaults, dict) else {n: getattr(defaults, n) for n in names}
-    return [flag_of(fields[n]) for n in names if getattr(cfg, n) != base[n]]
 
 
 def csv_list(flag: str, text: str, convert=str) -> list:

@@ -13,7 +13,7 @@ Speed. Each transition is written once, for one sequence, as plain loops over it
 compiled with numba (`NUMBA_DISABLE_JIT=1` runs the very same code as Python, for debugging and
 mutation testing). The `Lattice` methods apply them to many sequences and call the executor between
 them; an executor that is itself compiled (the trace replay) runs the same per-sequence transitions
-in one compiled loop (`replay.py`), never returning to Python between rounds.
+in one compiled loop (`dexsim/replay/executor.py`), never returning to Python between rounds.
 
 Executor hooks. A transition never calls Python: it notes what the executor must hear (a node
 spawned, an anchor committed, a node discarded) and `Lattice` tells the executor, in that order, once

@@ -9,7 +9,8 @@ live-branch buffer.
 
 A built-in policy's rules are compiled, per sequence (`select_seq`, `wants_node`), so a replay runs
 them without leaving compiled code; adding one is a class here with its `params` and its branch in
-those two functions. Any other object with `select`, `wants`, `exits`, `buffer` and `name` is a
+those two functions, plus its `PolicySpec` in `registry.py` (what every tool knows of it; parameters
+are checked against `params.py`). Any other object with `select`, `wants`, `exits`, `buffer` and `name` is a
 policy too (the tests use such), run by the core one Python round at a time.
 """
 from __future__ import annotations
