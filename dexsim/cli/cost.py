@@ -65,29 +65,30 @@ def _cmd_cost(args) -> int:
     return 0
 
 
-def _cmd_gpus(args) -> int:
-    catalog = gpus()
+def _list(args, catalog: dict, as_dict, header: str, line) -> int:
+    """A catalog as JSON (--json) or as a table, one line per entry."""
     if args.json:
-        print(json.dumps({n: {**asdict(g), "layer_overhead_s": g.layer_overhead_s} for n, g in catalog.items()},
-                         indent=2))
+        print(json.dumps({n: as_dict(x) for n, x in catalog.items()}, indent=2))
         return 0
-    print(f"{'name':<22}{'TFLOP/s':>9}{'GB/s':>8}{'GB':>7}{'bw eff':>8}{'layer ovh':>11}  link")
-    for n, g in catalog.items():
-        ic = g.interconnect
-        print(f"{n:<22}{g.peak_flops / 1e12:9.1f}{g.memory_bandwidth / 1e9:8.0f}{g.memory_bytes / 1e9:7.1f}"
-              f"{g.bandwidth_efficiency:8.3f}{g.layer_overhead_s * 1e6:9.1f}us  {ic.kind}")
+    print(header)
+    for n, x in catalog.items():
+        print(line(n, x))
     return 0
+
+
+def _cmd_gpus(args) -> int:
+    return _list(args, gpus(), lambda g: {**asdict(g), "layer_overhead_s": g.layer_overhead_s},
+                 f"{'name':<22}{'TFLOP/s':>9}{'GB/s':>8}{'GB':>7}{'bw eff':>8}{'layer ovh':>11}  link",
+                 lambda n, g: f"{n:<22}{g.peak_flops / 1e12:9.1f}{g.memory_bandwidth / 1e9:8.0f}"
+                              f"{g.memory_bytes / 1e9:7.1f}{g.bandwidth_efficiency:8.3f}"
+                              f"{g.layer_overhead_s * 1e6:9.1f}us  {g.interconnect.kind}")
 
 
 def _cmd_models(args) -> int:
-    catalog = models()
-    if args.json:
-        print(json.dumps({n: asdict(m) for n, m in catalog.items()}, indent=2))
-        return 0
-    print(f"{'name':<16}{'layers':>7}{'hidden':>7}{'heads':>6}{'kv':>4}{'vocab':>8}{'params':>9}")
-    for n, m in catalog.items():
-        print(f"{n:<16}{m.layers:7}{m.hidden:7}{m.heads:6}{m.kv_heads:4}{m.vocab:8}{m.params / 1e9:8.2f}B")
-    return 0
+    return _list(args, models(), asdict,
+                 f"{'name':<16}{'layers':>7}{'hidden':>7}{'heads':>6}{'kv':>4}{'vocab':>8}{'params':>9}",
+                 lambda n, m: f"{n:<16}{m.layers:7}{m.hidden:7}{m.heads:6}{m.kv_heads:4}{m.vocab:8}"
+                              f"{m.params / 1e9:8.2f}B")
 
 
 def _cmd_calibrate(args) -> int:
