@@ -30,8 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 POLICIES = ("ar", "layerskip", "adaptive", "oracle-select", "dex")
-POLICY_FLAGS = {"dex": ["-k", "4", "--buffer", "8", "--priority", "deep", "--exits", "every:4"],
-                "adaptive": ["--threshold", "0.8", "--exits", "every:2"]}
+POLICY_FLAGS = {"dex": ["-k", "4", "--buffer", "8", "--priority", "deep"], "adaptive": ["--threshold", "0.8"]}
+EXIT_STRIDE = {"dex": 2, "adaptive": 1, "oracle-select": 1}  # every n-th recorded depth (and L), named explicitly
 SMALL = ("smollm2-135m-lens-humaneval-raw.npz", "smollm2-135m-trained-humaneval-raw.npz",
          "synth-smollm2-135m-lens.npz")
 EVENT_TRACES = ("smollm2-135m-lens-humaneval-raw.npz", "synth-llama2-7b-eetrained-every4.npz")
@@ -44,11 +44,13 @@ def commands(tree: Path, quick: bool) -> dict[str, list[str]]:
     for t in traces:
         if quick and t not in SMALL:
             continue
+        with np.load(tree / "traces" / t) as z:
+            depths = z["depths"].tolist()
         for pol in POLICIES:
             base = ["-m", "dexsim", "replay", "--trace", f"traces/{t}", "--policy", pol, "--json",
                     *POLICY_FLAGS.get(pol, [])]
-            if "every4" in t and "--exits" in base:  # that trace records every 4th depth only
-                base[base.index("--exits") + 1] = "every:8"
+            if pol in EXIT_STRIDE:  # depths the trace recorded (some traces record a few only)
+                base += ["--exits", ",".join(map(str, sorted(set(depths[::EXIT_STRIDE[pol]]) | {depths[-1]})))]
             out[f"replay {t} {pol}"] = base
             out[f"replay {t} {pol} a100 pp4"] = base + ["--gpu", "a100-sxm4-80gb", "--pp", "4"]
             if t in SMALL:

@@ -32,6 +32,12 @@ def parse_depths(spec: str, L: int, flag: str = "--depths") -> np.ndarray:
         raise UserError(f"{flag} {spec!r}: expected all, every:N or d1,d2,...") from None
 
 
+def on_trace(spec: str, L: int, depths, flag: str = "--exits") -> np.ndarray:
+    """A spec on a trace that recorded `depths`: `all` is every recorded depth (not every layer: a
+    trace may record every few layers only); any other spec is parsed as it is."""
+    return np.asarray(depths, np.int16) if spec == "all" else parse_depths(spec, L, flag)
+
+
 def recorded(spec: str, L: int, depths, flag: str = "--exits") -> tuple | None:
     """A spec on a trace that recorded `depths`: `all` is every recorded depth; None if the spec names
     a depth that is not recorded."""

@@ -24,7 +24,7 @@ import numpy as np
 
 from dexsim.errors import UserError
 from dexsim.core import registry
-from dexsim.depths import parse_depths
+from dexsim.depths import on_trace
 from dexsim.traces.format import load_trace
 
 from . import player, source
@@ -87,7 +87,7 @@ def runs_from_args(args) -> list[source.RunLog]:
     total = int(np.diff(trace.seq_offsets)[args.seq])
     args.tokens = check_range(args.start, args.tokens, total)
     cfg = registry.policy_config(args)
-    exits = parse_depths(cfg.params["exits"], trace.L, flag="--exits")
+    exits = on_trace(cfg.params["exits"], trace.L, trace.depths)
     runs = []
     for name in names:
         if registry.get(name).hindsight:

@@ -17,17 +17,10 @@ from dexsim.hardware.pricing import HardwareConfig
 from dexsim.des.simulate import SchedulerConfig
 from dexsim.replay import hindsight
 from dexsim.replay.executor import replay, result, save_events
-from dexsim.traces.format import Trace, load_trace
+from dexsim.traces.format import load_trace
 from dexsim.traces.transforms import for_model
 
 SEED_HELP = "seed of the off-path exit tokens and confidences (and poisson arrivals)"
-
-
-def exit_set(spec: str, trace: Trace, rescaled: bool):
-    """--exits on this trace; with depth rescaling `all` is every depth the trace maps onto the model."""
-    if rescaled and spec == "all":
-        return trace.depths
-    return depth_sets.parse_depths(spec, trace.L, flag="--exits")
 
 
 def cmd_replay(args) -> int:
@@ -35,7 +28,7 @@ def cmd_replay(args) -> int:
     hw_cfg, sched = from_args(HardwareConfig, args), from_args(SchedulerConfig, args)
     trace, rescaled = for_model(load_trace(args.trace), hw_cfg.model)
     priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path)
-    exits = exit_set(cfg.params["exits"], trace, rescaled)
+    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
     if cfg.spec.hindsight:
         policies = hindsight.candidates(trace, cfg.name, exits, **cfg.own())
     else:

@@ -51,7 +51,7 @@ def nearest_half(L: int, depths) -> int:
 
 PARAMS = {p.name: p for p in (
     Param("exits", str, "all", "exit set E: all | every:N | d1,d2,... (L always included; all: every depth the "
-          "trace recorded, or maps onto --model)",
+          "trace recorded, or the exit heads can read)",
           axis="exits", axis_default="every:8"),
     Param("explorers", int, 4, "explorers: node-layers advanced per round", short="-k", low=1,
           axis="explorers", axis_default="4,8"),

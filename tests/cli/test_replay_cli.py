@@ -79,3 +79,14 @@ def test_bad_input_through_the_real_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dexsim", "replay", "--trace", str(tmp_path / "nope.npz")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "nope.npz" in r.stderr
+
+
+@pytest.mark.parametrize("policy", ["adaptive", "oracle-select", "dex"])
+def test_exits_all_are_the_recorded_depths(policy, capsys):
+    """On a trace recorded every 4 layers, `--exits all` (the default) is every recorded depth, not
+    every layer (which would ask for depths the trace never recorded)."""
+    assert main(["replay", "--trace", EVERY4, "--policy", policy, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["output_matches_trace"]
+    if policy != "oracle-select":  # its result is the candidate it picked
+        assert out["exits"] == "4,8,12,16,20,24,28,32"
