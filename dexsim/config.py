@@ -14,14 +14,10 @@ import sys
 from dexsim.errors import UserError
 
 
-def option(default, help: str, *, kind: type | None = None, short: str | None = None, flag: str | None = None):
-    """A dataclass field that is also a flag: `--name-with-dashes` (or `flag`), of type `kind` (default:
-    the default's type; str if the default is None), `help` shown by --help with the default."""
-    return dataclasses.field(default=default, metadata={"help": help, "kind": kind, "short": short, "flag": flag})
-
-
-def flag_of(f: dataclasses.Field) -> str:
-    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+def option(default, help: str, *, kind: type | None = None):
+    """A dataclass field that is also a flag: `--name-with-dashes`, of type `kind` (default: the
+    default's type; str if the default is None), `help` shown by --help with the default."""
+    return dataclasses.field(default=default, metadata={"help": help, "kind": kind})
 
 
 def add_flags(parser, cls, *, defaults: dict | None = None) -> None:
@@ -30,13 +26,13 @@ def add_flags(parser, cls, *, defaults: dict | None = None) -> None:
         if "help" not in f.metadata:
             continue
         default = (defaults or {}).get(f.name, f.default)
-        names = [flag_of(f)] + ([f.metadata["short"]] if f.metadata["short"] else [])
+        flag = "--" + f.name.replace("_", "-")
         kind = f.metadata["kind"] or (str if default is None else type(default))
         shown = "" if default is None else f" (default: {default})"
         if kind is bool:
-            parser.add_argument(*names, dest=f.name, action="store_true", help=f.metadata["help"])
+            parser.add_argument(flag, dest=f.name, action="store_true", help=f.metadata["help"])
         else:
-            parser.add_argument(*names, dest=f.name, type=kind, default=default, help=f.metadata["help"] + shown)
+            parser.add_argument(flag, dest=f.name, type=kind, default=default, help=f.metadata["help"] + shown)
 
 
 def from_args(cls, args: argparse.Namespace, **overrides):

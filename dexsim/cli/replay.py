@@ -20,9 +20,6 @@ from dexsim.replay.executor import replay, result, save_events
 from dexsim.traces.format import load_trace
 from dexsim.traces.transforms import for_model
 
-SEED_HELP = "seed of the off-path exit tokens and confidences (and poisson arrivals)"
-
-
 def cmd_replay(args) -> int:
     cfg = registry.policy_config(args)
     hw_cfg, sched = from_args(HardwareConfig, args), from_args(SchedulerConfig, args)
@@ -100,7 +97,7 @@ def register(sub) -> None:
     p = sub.add_parser("replay", help="replay a trace under a policy and print its counters (priced with --gpu)")
     p.add_argument("--trace", required=True, help="trace file (.npz, DESIGN.md section 5)")
     registry.add_policy_flags(p)
-    p.add_argument("--seed", type=int, default=0, help=SEED_HELP)
+    p.add_argument("--seed", type=int, default=0, help="seed of the off-path exit tokens and confidences (and poisson arrivals)")
     add_flags(p, HardwareConfig)
     add_flags(p, SchedulerConfig)
     p.add_argument("--events", default=None, help="write the event log to this .npz")

@@ -63,7 +63,7 @@ class ReplayExecutor:
         et = np.ascontiguousarray(trace.exit_tokens, np.int64)
         log_stay = np.log1p(-np.minimum(_novelty(et), 1 - 1e-12))
         log_stay[0] = 0.0
-        self._fields = f = dict(
+        f = dict(
             col=col, offset=trace.seq_offsets[:-1].astype(np.int64), length=np.diff(trace.seq_offsets).astype(np.int64),
             prompt_len=trace.prompt_len.astype(np.int64), final=trace.final.astype(np.int64),
             exit_tokens=et, exit_conf=trace.exit_conf.astype(np.float32),
@@ -232,13 +232,18 @@ def replay(trace: Trace, policy, *, seed: int = 0, record_events: bool = False) 
     return core.run(replay_lattice(trace, policy, record_events), policy, ReplayExecutor(trace, seed))
 
 
+def unrecorded(trace: Trace, exits) -> list[int]:
+    """The depths of `exits` that the trace did not record (a replay can read only those it did)."""
+    return np.setdiff1d(exits, trace.depths).tolist()
+
+
 def replay_lattice(trace: Trace, policy, record_events: bool = False, work_cuts=None) -> core.Lattice:
     """The fresh lattice a replay of `trace` under `policy` runs on: every sequence, rooted at its
     prompt's last position; the policy may only read depths the trace recorded. `work_cuts`: see
     `Lattice`."""
-    bad = np.setdiff1d(policy.exits, trace.depths)
-    if len(bad):
-        raise UserError(f"{trace.path or 'trace'}: exit depth {int(bad[0])} is not recorded in field 'depths' "
+    bad = unrecorded(trace, policy.exits)
+    if bad:
+        raise UserError(f"{trace.path or 'trace'}: exit depth {bad[0]} is not recorded in field 'depths' "
                         f"(recorded: {','.join(map(str, trace.depths))})")
     return core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
                         root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,

@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
-
 from dexsim import depths as depth_sets
 from dexsim.config import csv_list, option
 from dexsim.core import registry
@@ -28,6 +26,7 @@ from dexsim.core.params import PARAMS
 from dexsim.des import simulate as des
 from dexsim.errors import UserError
 from dexsim.hardware import pricing
+from dexsim.replay.executor import unrecorded
 from dexsim.specs.catalog import get_gpu
 from dexsim.traces.format import Trace, load_trace
 from dexsim.traces.transforms import first_seqs, first_tokens, for_model
@@ -95,9 +94,9 @@ def axis_defaults() -> dict:
 
 def parse_axes(texts: dict) -> dict:
     """Each policy parameter's values in the sweep, parsed and checked."""
-    out = {}
+    out, defaults = {}, axis_defaults()
     for name, p in PARAMS.items():
-        text, flag = texts.get(name, axis_defaults()[name]), axis_flag(name)
+        text, flag = texts.get(name, defaults[name]), axis_flag(name)
         if name == "exits":
             out[name] = depth_sets.specs(text, flag)
         elif p.axis:
@@ -258,7 +257,7 @@ def _check(trace: Trace, name: str, params: dict) -> None:
     """A configuration's values are allowed and its exits recorded: one line now, before any replay."""
     own = {k: v for k, v in params.items() if k != "exits"}
     policy = registry.make_policy(name, trace.L, exits=params.get("exits"), depths=trace.depths, **own)
-    bad = sorted(set(np.asarray(policy.exits).tolist()) - set(trace.depths.tolist()))
+    bad = unrecorded(trace, policy.exits)
     if bad:
         given = [PARAMS[k].flag for k in own if PARAMS[k].on_model is not None]  # (--exits sets were filtered)
         raise UserError(f"{given[0] if given else '--policies ' + name} {bad[0]}: not a recorded depth of "
