@@ -92,16 +92,19 @@ class TorchExecutor:
         a = model.args
         self.observe = observe  # observe(lat, s, j, depth, states [R, D]) after each layer (tests)
         self.model, self.sampling, self.batch_invariant = model, sampling, batch_invariant
-        dt = model.tok_embeddings.weight.dtype
+        dt, dev = model.dtype, model.device
+        self.dev = dev
+        # host index arrays -> tensors on the model's device (on the CPU: no copy)
+        self.t = torch.from_numpy if dev.type == "cpu" else (lambda arr: torch.from_numpy(arr).to(dev))
         S, M, L = len(prompts), capacity, a.n_layer
         T = max(len(p) for p in prompts) + max_new_tokens + M  # positions a node can take
-        self.k = torch.zeros(L, S, a.n_kv_head, T, a.head_dim, dtype=dt)  # committed keys
+        self.k = torch.zeros(L, S, a.n_kv_head, T, a.head_dim, dtype=dt, device=dev)  # committed keys
         self.v = torch.zeros_like(self.k)  # committed values
-        self.pk = torch.zeros(L, S, M, a.n_kv_head, a.head_dim, dtype=dt)  # node keys, by pool slot
+        self.pk = torch.zeros(L, S, M, a.n_kv_head, a.head_dim, dtype=dt, device=dev)  # node keys, by pool slot
         self.pv = torch.zeros_like(self.pk)
-        self.h = torch.zeros(S, M, a.dim, dtype=dt)  # node hidden state at its current depth
+        self.h = torch.zeros(S, M, a.dim, dtype=dt, device=dev)  # node hidden state at its current depth
         self.n_cached = np.zeros(S, np.int64)  # committed positions in the cache
-        self.positions = torch.arange(T)
+        self.positions = torch.arange(T, device=dev)
         self.free = [list(range(M - 1, -1, -1)) for _ in range(S)]  # free pool slots
         self.slot_of: list[dict[int, tuple[int, int]]] = [{} for _ in range(S)]  # node id -> (pool slot, pos)
         self.slot_pos = np.zeros((S, M), np.int64)  # position of the node in each pool slot
@@ -119,7 +122,7 @@ class TorchExecutor:
             self.rows_conf: list[list[np.ndarray]] = [[] for _ in range(S)]
         for s, p in enumerate(prompts):  # the committed cache: every prompt token but the last
             if len(p) > 1:
-                K, V = prefill(model, torch.tensor(p[:-1]))  # [L, Hkv, P-1, hd]
+                K, V = prefill(model, torch.tensor(p[:-1], device=dev))  # [L, Hkv, P-1, hd]
                 self.k[:, s, :, : len(p) - 1] = K
                 self.v[:, s, :, : len(p) - 1] = V
             self.n_cached[s] = len(p) - 1
@@ -134,8 +137,8 @@ class TorchExecutor:
             self.slot_pos[si, p] = lat.pos[si, ji]
             if self.rec_col is not None:
                 self.rec_tok[si, p], self.rec_conf[si, p] = -1, 0
-        p = torch.from_numpy(lat.tag[s, j])
-        self.h[torch.from_numpy(s), p] = embed(self.model, torch.from_numpy(lat.token[s, j]))
+        p = self.t(lat.tag[s, j])
+        self.h[self.t(s), p] = embed(self.model, self.t(lat.token[s, j]))
 
     def committed(self, lat, s, node_ids):
         for si, nid in zip(s.tolist(), node_ids.tolist()):
@@ -172,11 +175,11 @@ class TorchExecutor:
                 self._layer(lat, layer, s[sel], j[sel])
             if self.observe is not None:
                 self.observe(lat, s[sel], j[sel], layer + 1,
-                             self.h[torch.from_numpy(s[sel]), torch.from_numpy(lat.tag[s[sel], j[sel]])])
+                             self.h[self.t(s[sel]), self.t(lat.tag[s[sel], j[sel]])])
 
     def read_exits(self, lat, s, j):
         p = lat.tag[s, j]
-        x = self.h.view(-1, self.h.shape[-1]).index_select(0, torch.from_numpy(s * lat.M + p))  # [R, D]
+        x = self.h.view(-1, self.h.shape[-1]).index_select(0, self.t(s * lat.M + p))  # [R, D]
         d = lat.depth[s, j]
         if self.batch_invariant:
             logits = torch.cat([head(self.model, self._adapt(x[r: r + 1], d[r: r + 1])) for r in range(len(s))])
@@ -198,18 +201,18 @@ class TorchExecutor:
         """Layer `layer` of nodes (s, j), batched: rows attend to the committed cache + the pool
         entries of their ancestors and themselves."""
         m, D = self.model, self.h.shape[-1]
-        flat = torch.from_numpy(s * lat.M + lat.tag[s, j])  # rows of the [S * M] node slots
+        flat = self.t(s * lat.M + lat.tag[s, j])  # rows of the [S * M] node slots
         x = self.h.view(-1, D).index_select(0, flat)  # [R, D]
-        q, k, v = qkv(m, layer, x, torch.from_numpy(lat.pos[s, j]))  # [R, H, hd], [R, Hkv, hd] x2
+        q, k, v = qkv(m, layer, x, self.t(lat.pos[s, j]))  # [R, H, hd], [R, Hkv, hd] x2
         self.pk[layer].view(-1, *k.shape[1:]).index_copy_(0, flat, k)
         self.pv[layer].view(-1, *v.shape[1:]).index_copy_(0, flat, v)
         if (s == s[0]).all():  # one sequence (the usual case): no per-sequence split
             att = attend(q, self._context(lat, layer, int(s[0]), j), self.scale)
         else:
-            att = torch.empty(len(s), q.shape[1] * q.shape[2], dtype=x.dtype)  # [R, H*hd]
+            att = torch.empty(len(s), q.shape[1] * q.shape[2], dtype=x.dtype, device=self.dev)  # [R, H*hd]
             for si in np.unique(s).tolist():
-                rows = torch.from_numpy(np.flatnonzero(s == si))
-                att[rows] = attend(q[rows], self._context(lat, layer, si, j[rows.numpy()]), self.scale)
+                rows = np.flatnonzero(s == si)
+                att[self.t(rows)] = attend(q[self.t(rows)], self._context(lat, layer, si, j[rows]), self.scale)
         self.h.view(-1, D).index_copy_(0, flat, finish(m, layer, x, att))
 
     def _context(self, lat, layer, si, js):
@@ -224,8 +227,8 @@ class TorchExecutor:
             vis &= self.slot_pos[si][None, :] > pos[:, None] - w
             lo = max(0, int(pos.min()) - w + 1)  # cache positions before lo are out of every row's window
             if n > lo and int(pos.max()) - w + 1 > lo:
-                seen = torch.from_numpy(np.arange(lo, n)[None, :] > pos[:, None] - w)  # [Rs, n - lo]
-        parts = [(self.pk[layer, si].transpose(0, 1), self.pv[layer, si].transpose(0, 1), torch.from_numpy(vis))]
+                seen = self.t(np.arange(lo, n)[None, :] > pos[:, None] - w)  # [Rs, n - lo]
+        parts = [(self.pk[layer, si].transpose(0, 1), self.pv[layer, si].transpose(0, 1), self.t(vis))]
         if n > lo:
             parts.insert(0, (self.k[layer, si, :, lo:n], self.v[layer, si, :, lo:n], seen))
         return parts
@@ -247,7 +250,7 @@ class TorchExecutor:
             self.k[layer, si, :, n] = k[0]
             self.v[layer, si, :, n] = v[0]
         else:
-            path = torch.tensor(path)
+            path = torch.tensor(path, device=self.dev)
             self.k[layer, si, :, n: pos + 1] = self.pk[layer, si, path].transpose(0, 1)  # [Hkv, pos+1-n, hd]
             self.v[layer, si, :, n: pos + 1] = self.pv[layer, si, path].transpose(0, 1)
         w = window(m.args, layer)
@@ -273,16 +276,18 @@ class TorchExecutor:
     def sample(self, logits: torch.Tensor, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and confidences of the exit heads' logits [R, V] for tokens at `positions`."""
         sm = self.sampling
+        if logits.dtype.itemsize < 4:  # 16-bit logits: sample and score in float32 (argmax unchanged)
+            logits = logits.float()
         if sm.rule == "greedy":
             z = logits
         else:
             z = logits / sm.temperature
             noise = torch.stack([self._noise(int(pos), logits.shape[1]) for pos in positions])
-            z = z + noise.to(z.dtype)
+            z = z + noise.to(z.device, z.dtype)
         tok = z.argmax(-1)  # first maximum: the lowest id on ties
         lp = torch.log_softmax(logits if sm.rule == "greedy" else logits / sm.temperature, -1)
         conf = lp.gather(1, tok[:, None])[:, 0].exp()
-        return tok.numpy().astype(np.int64), conf.numpy().astype(np.float16).astype(np.float32)
+        return tok.cpu().numpy().astype(np.int64), conf.float().cpu().numpy().astype(np.float16).astype(np.float32)
 
     def _noise(self, pos: int, vocab: int) -> torch.Tensor:
         if pos not in self.noise:
@@ -362,16 +367,16 @@ def reference_states(model: Transformer, tokens: list[int], prompt_len: int) -> 
     """AR recomputation of a path, for the batch-invariant check: hidden states [N, L+1, D] of the
     positions prompt_len-1 .. len(tokens)-1 at every depth, computed one position at a time (the
     prompt but its last token prefilled), each over its context in position order."""
-    a = model.args
-    K, V = prefill(model, torch.tensor(tokens[: prompt_len - 1])) if prompt_len > 1 else (None, None)
+    a, dev = model.args, model.device
+    K, V = prefill(model, torch.tensor(tokens[: prompt_len - 1], device=dev)) if prompt_len > 1 else (None, None)
     ks = [K[layer] if K is not None else None for layer in range(a.n_layer)]  # [Hkv, t, hd]
     vs = [V[layer] if V is not None else None for layer in range(a.n_layer)]
     out = []
     for pos in range(prompt_len - 1, len(tokens)):
-        x = embed(model, torch.tensor([tokens[pos]]))  # [1, D]
+        x = embed(model, torch.tensor([tokens[pos]], device=dev))  # [1, D]
         states = [x[0]]
         for layer in range(a.n_layer):
-            q, k, v = qkv(model, layer, x, torch.tensor([pos]))
+            q, k, v = qkv(model, layer, x, torch.tensor([pos], device=dev))
             kk, vv = k[0][:, None], v[0][:, None]  # [Hkv, 1, hd]
             Kc = kk if ks[layer] is None else torch.cat([ks[layer], kk], 1)  # [Hkv, pos+1, hd]
             Vc = vv if vs[layer] is None else torch.cat([vs[layer], vv], 1)

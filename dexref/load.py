@@ -9,13 +9,16 @@ from dexsim.config import option
 from dexsim.depths import parse_depths
 from dexsim.errors import UserError
 
-DTYPES = ("float32", "float64")
+DTYPES = ("float64", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model: str = option("smollm2-135m", "model to run (see `fetch`)")
+    model: str = option("smollm2-135m", "model to run: a cached model (see `fetch`), a Hugging Face "
+                                        "checkpoint folder (PATH), or random:NAME (random weights of a "
+                                        "dexsim catalog shape, e.g. random:llama2-7b)")
     dtype: str = option("float32", f"one of {', '.join(DTYPES)}")
+    device: str | None = option(None, "cpu | cuda | cuda:N (default: a GPU when one is present)")
     template: str = option("raw", "raw | chat (the model's chat template, one user turn)")
     sampling: str = option("greedy", "greedy | gumbel (seeded Gumbel-max)")
     seed: int = option(0, "gumbel: the noise seed")
@@ -28,25 +31,71 @@ class ModelConfig:
         return Sampling(self.sampling, self.seed, self.temperature)
 
 
+def resolve_device(spec: str | None):
+    """The torch device of --device: cpu, cuda or cuda:N (None: the first GPU if there is one). A GPU
+    that is not there is a UserError, never a silent fall back to the CPU."""
+    import torch
+
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, colon, index = spec.partition(":")
+    if kind not in ("cpu", "cuda") or (colon and (kind == "cpu" or not index.isdigit())):
+        raise UserError(f"--device {spec!r}: must be cpu, cuda or cuda:N")
+    if kind == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {spec}: no CUDA GPU is available on this machine (torch {torch.__version__}, "
+                        f"built {'with' if torch.version.cuda else 'without'} CUDA)")
+    n = torch.cuda.device_count()
+    if colon and int(index) >= n:
+        raise UserError(f"--device {spec}: this machine has {n} CUDA GPU{'s' if n != 1 else ''} (cuda:0..cuda:{n - 1})")
+    return torch.device(spec)
+
+
+def resolve_dtype(name: str, device):
+    """The torch dtype of --dtype, checked to work on `device` (one line where it does not)."""
+    import torch
+
+    if name not in DTYPES:
+        raise UserError(f"--dtype {name!r}: must be one of {', '.join(DTYPES)}")
+    dt = getattr(torch, name)
+    if device.type == "cuda" and dt == torch.bfloat16 and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise UserError(f"--dtype bfloat16: {torch.cuda.get_device_name(device)} has no bfloat16 support")
+    try:
+        (torch.ones(2, 2, dtype=dt, device=device) @ torch.ones(2, 2, dtype=dt, device=device)).sum().item()
+    except (RuntimeError, TypeError) as e:
+        raise UserError(f"--dtype {name}: not supported on {device} ({str(e).splitlines()[0]})") from None
+    return dt
+
+
 def load_model(cfg: ModelConfig):
-    """(model, tokenizer, cache config) of cfg.model in cfg.dtype, fetched into the cache if needed."""
+    """(model, tokenizer, provenance) of cfg.model in cfg.dtype on cfg.device: a cached model (fetched
+    into the cache if needed), a Hugging Face checkpoint folder, or random weights of a catalog shape."""
     import torch
 
     from .assets.fetch import require_model
+    from .assets.tokenizer import TEMPLATES, ByteTok, Tok
+    from .checkpoint import RANDOM, is_checkpoint, load_checkpoint, random_args, random_model
     from .model import load_cached
-    from .assets.tokenizer import TEMPLATES, Tok
 
-    if cfg.dtype not in DTYPES:
-        raise UserError(f"--dtype {cfg.dtype!r}: must be one of {', '.join(DTYPES)}")
     if cfg.template not in TEMPLATES:
         raise UserError(f"--template {cfg.template!r}: must be one of {', '.join(TEMPLATES)}")
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
     if cfg.threads is not None:
         if cfg.threads < 1:
             raise UserError(f"--threads {cfg.threads}: must be >= 1")
         torch.set_num_threads(cfg.threads)
+    if cfg.model.startswith(RANDOM):
+        a = random_args(cfg.model[len(RANDOM):])
+        return random_model(a, dtype, device, seed=cfg.seed), ByteTok(), {
+            "name": cfg.model, "source": cfg.model, "args": a.to_dict()}
+    if is_checkpoint(cfg.model):
+        model, meta = load_checkpoint(cfg.model, dtype, device)
+        return model, Tok(cfg.model, hf=True), meta
     folder = require_model(cfg.model)
     try:
-        model, meta = load_cached(folder, getattr(torch, cfg.dtype))
+        model, meta = load_cached(folder, dtype, device)
         tok = Tok(folder)
     except (OSError, ValueError, KeyError) as e:
         raise UserError(f"{folder}: unreadable model cache ({e}); "

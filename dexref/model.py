@@ -54,8 +54,12 @@ class ModelArgs:
     embed_scale: bool = False  # embeddings times sqrt(dim) (the factor rounded to float32, then the model dtype)
     attn_scalar: float = 0.0  # scores times attn_scalar ** -0.5 (query_pre_attn_scalar); 0: 1 / sqrt(head_dim)
     sliding_window: int = 0  # local layers attend to the last sliding_window positions (themselves included)
-    global_every: int = 0  # with a window: every global_every-th layer (1-based) is global, the others local
+    global_every: int = 0  # with a window: every global_every-th layer (1-based) is global, the others local;
+    # 0: every layer is local (Mistral)
     rope_local_base: float = 0.0  # rotary base of the local layers (0: rope_base)
+    # Other Hugging Face checkpoints (dexref/checkpoint.py); the defaults are Llama's.
+    qkv_bias: bool = False  # Qwen2: biases on the q, k and v projections
+    rope_scaling: dict | None = None  # Hugging Face's rope_scaling of the global layers: linear or llama3
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelArgs":
@@ -68,8 +72,20 @@ class ModelArgs:
 
 def rms_norm(x: Tensor, w: Tensor, eps: float) -> Tensor:
     """x [..., D] -> w * (x * rsqrt(mean(x^2) + eps)), Hugging Face's formula; w is the scale itself
-    (Gemma's offset already added)."""
+    (Gemma's offset already added). In 16-bit dtypes the normalisation runs in float32 and is cast
+    back before the scale, as Hugging Face's Llama does."""
+    if x.dtype.itemsize < 4:
+        xf = x.float()
+        return w * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
     return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def softmax(s: Tensor) -> Tensor:
+    """Softmax over the last axis; 16-bit scores are normalised in float32 (Hugging Face's eager
+    attention does the same), then cast back."""
+    if s.dtype.itemsize < 4:
+        return torch.softmax(s, dim=-1, dtype=torch.float32).to(s.dtype)
+    return torch.softmax(s, dim=-1)
 
 
 class RMSNorm(nn.Module):
@@ -88,7 +104,7 @@ class RMSNorm(nn.Module):
 class Attention(nn.Module):
     def __init__(self, a: ModelArgs):
         super().__init__()
-        self.wqkv = nn.Linear(a.dim, (a.n_head + 2 * a.n_kv_head) * a.head_dim, bias=False)  # q, k, v fused
+        self.wqkv = nn.Linear(a.dim, (a.n_head + 2 * a.n_kv_head) * a.head_dim, bias=a.qkv_bias)  # q, k, v fused
         self.wo = nn.Linear(a.n_head * a.head_dim, a.dim, bias=False)
         if a.qk_norm:
             self.q_norm = RMSNorm(a.head_dim, a.norm_eps, a.norm_offset)
@@ -127,10 +143,14 @@ class BlockWeights:
     w2: Tensor
     rope: Tensor  # [max_len, 2, hd]: cos and sin
     rope_half: Tensor
+    bqkv: Tensor | None = None
     q_norm: Tensor | None = None
     k_norm: Tensor | None = None
     post_attention_norm: Tensor | None = None
     post_ffn_norm: Tensor | None = None
+
+
+TABLES = ("rope", "rope_local", "rope_half", "embed_scale")  # buffers `set_tables` builds
 
 
 class Transformer(nn.Module):
@@ -147,15 +167,21 @@ class Transformer(nn.Module):
 
     def set_tables(self, dtype: torch.dtype) -> None:
         """The rotary tables (computed in float32, cast like Hugging Face does), the rotate-half matrix
-        and the embedding scale, in dtype; then each block's `BlockWeights`."""
+        and the embedding scale, in dtype, on the weights' device; then each block's `BlockWeights`."""
         a = self.args
-        self.register_buffer("rope", torch.stack(rope_tables(a), 1).to(dtype), persistent=False)  # [max_len, 2, hd]
-        if a.rope_local_base:  # the local (sliding-window) layers' own base
-            local = torch.stack(rope_tables(a, a.rope_local_base), 1)
-            self.register_buffer("rope_local", local.to(dtype), persistent=False)
-        self.register_buffer("rope_half", rotate_half_matrix(a.head_dim).to(dtype), persistent=False)  # [hd, hd]
-        # Hugging Face's Gemma keeps sqrt(dim) as a float32 buffer and casts it to the weights' dtype.
-        self.register_buffer("embed_scale", torch.tensor(a.dim ** 0.5).to(dtype), persistent=False)
+        dev = self.tok_embeddings.weight.device
+        # computed on the CPU (float32 tables as Hugging Face's), then moved
+        with torch.device("cpu"):
+            rope = torch.stack(rope_tables(a, scaling=a.rope_scaling), 1)  # [max_len, 2, hd]
+            local = torch.stack(rope_tables(a, a.rope_local_base), 1) if a.rope_local_base else None
+            half = rotate_half_matrix(a.head_dim)  # [hd, hd]
+            # Hugging Face's Gemma keeps sqrt(dim) as a float32 buffer and casts it to the weights' dtype.
+            scale = torch.tensor(a.dim ** 0.5)
+        self.register_buffer("rope", rope.to(dev, dtype), persistent=False)
+        if local is not None:  # the local (sliding-window) layers' own base
+            self.register_buffer("rope_local", local.to(dev, dtype), persistent=False)
+        self.register_buffer("rope_half", half.to(dev, dtype), persistent=False)
+        self.register_buffer("embed_scale", scale.to(dev, dtype), persistent=False)
         self._index_blocks()
 
     def _index_blocks(self) -> None:
@@ -165,6 +191,8 @@ class Transformer(nn.Module):
         blk, a = self.layers[layer], self.args
         local = a.rope_local_base and is_local(a, layer)
         extra = {}
+        if a.qkv_bias:
+            extra.update(bqkv=blk.attention.wqkv.bias)
         if a.qk_norm:
             extra.update(q_norm=blk.attention.q_norm.scale(), k_norm=blk.attention.k_norm.scale())
         if a.sandwich_norm:
@@ -174,25 +202,62 @@ class Transformer(nn.Module):
             ffn_norm=blk.ffn_norm.scale(), w13=blk.feed_forward.w13.weight, w2=blk.feed_forward.w2.weight,
             rope=self.rope_local if local else self.rope, rope_half=self.rope_half, **extra)
 
-    def to_dtype(self, dtype: torch.dtype) -> "Transformer":
-        """Cast weights and the tables."""
-        self.to(dtype)
+    @property
+    def device(self) -> torch.device:
+        return self.tok_embeddings.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.tok_embeddings.weight.dtype
+
+    def to_dtype(self, dtype: torch.dtype, device: torch.device | str | None = None) -> "Transformer":
+        """Cast weights and the tables (and move them to `device` if given). The tables are rebuilt,
+        not moved (they may still be on the meta device of `from_state`)."""
+        for name in TABLES:
+            self._buffers.pop(name, None)
+        self.to(device=device, dtype=dtype)
         self.set_tables(dtype)
         return self
 
     def _apply(self, fn, recurse=True):
         # .to(), .double() and the like replace the weight tensors: `blocks` must hold the new ones.
         super()._apply(fn, recurse)
-        self._index_blocks()
+        if "rope" in self._buffers:
+            self._index_blocks()
         return self
 
 
-def rope_tables(a: ModelArgs, base: float | None = None) -> tuple[Tensor, Tensor]:
-    """cos, sin [max_len, head_dim] of the rotary embedding, in float32 as Hugging Face computes them."""
+ROPE_SCALINGS = ("default", "linear", "llama3")
+
+
+def rope_tables(a: ModelArgs, base: float | None = None, scaling: dict | None = None) -> tuple[Tensor, Tensor]:
+    """cos, sin [max_len, head_dim] of the rotary embedding, in float32 as Hugging Face computes them
+    (with its `linear` or `llama3` frequency scaling if given)."""
     inv_freq = 1.0 / ((base or a.rope_base) ** (torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim))
+    if scaling:
+        inv_freq = scaled_frequencies(inv_freq, scaling)
     freqs = torch.arange(a.max_len, dtype=torch.int64).float()[:, None] * inv_freq[None, :]  # [T, hd/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [T, hd]
     return emb.cos(), emb.sin()
+
+
+def scaled_frequencies(inv_freq: Tensor, sc: dict) -> Tensor:
+    """Hugging Face's rope scaling of the inverse frequencies (`_compute_linear_scaling_rope_parameters`,
+    `_compute_llama3_parameters`)."""
+    kind = sc.get("rope_type", sc.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / sc["factor"]
+    if kind != "llama3":
+        raise ValueError(f"rope_scaling type {kind!r}: supported are {', '.join(ROPE_SCALINGS)}")
+    factor, lo, hi, old = sc["factor"], sc["low_freq_factor"], sc["high_freq_factor"], sc["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    out = torch.where(wavelen > old / lo, inv_freq / factor, inv_freq)  # long wavelengths: scaled down
+    smooth = (old / wavelen - lo) / (hi - lo)
+    smoothed = (1 - smooth) * out / factor + smooth * out
+    medium = ~(wavelen < old / hi) * ~(wavelen > old / lo)
+    return torch.where(medium, smoothed, out)
 
 
 def rotate(x: Tensor, cs: Tensor, half: Tensor) -> Tensor:
@@ -212,8 +277,10 @@ def rotate_half_matrix(hd: int) -> Tensor:
 
 
 def is_local(a: ModelArgs, layer: int) -> bool:
-    """A sliding-window layer (Gemma 3: five local layers, then one global)."""
-    return a.global_every > 0 and (layer + 1) % a.global_every != 0
+    """A sliding-window layer (Gemma 3: five local layers, then one global; Mistral: every layer)."""
+    if a.global_every == 0:
+        return a.sliding_window > 0
+    return (layer + 1) % a.global_every != 0
 
 
 def window(a: ModelArgs, layer: int) -> int:
@@ -244,7 +311,7 @@ def qkv(model: Transformer, layer: int, x: Tensor, pos: Tensor) -> tuple[Tensor,
     """Queries, keys and values of rows x [R, D] at positions pos [R], rotary embedding applied."""
     a, b = model.args, model.blocks[layer]
     R, nq, hd = x.shape[0], a.n_head + a.n_kv_head, a.head_dim
-    qkv_ = F.linear(rms_norm(x, b.attention_norm, a.norm_eps), b.wqkv)  # [R, (H + 2 Hkv) * hd]
+    qkv_ = F.linear(rms_norm(x, b.attention_norm, a.norm_eps), b.wqkv, b.bqkv)  # [R, (H + 2 Hkv) * hd]
     cs = b.rope.index_select(0, pos)  # [R, 2, hd]: cos, sin
     qk = qkv_[:, : nq * hd].view(R, nq, hd)  # [R, H + Hkv, hd]
     if a.qk_norm:  # Gemma: each head normed over hd, queries and keys by their own weights
@@ -272,7 +339,7 @@ def head(model: Transformer, x: Tensor) -> Tensor:
     product is taken as W @ x^T: on this CPU's BLAS, x @ W^T with 2-8 rows costs 2-3x one row while
     W @ x^T costs about the same as one row (benchmarks/dexref_speed.py measures both)."""
     h = model.norm(x)  # [R, D]
-    if 1 < h.shape[0] <= 16:
+    if 1 < h.shape[0] <= 16 and h.is_cpu:
         return (model.output.weight @ h.T).T  # [R, V]
     return model.output(h)
 
@@ -304,7 +371,7 @@ def attend(q: Tensor, parts: list[tuple[Tensor, Tensor, Tensor | None]], scale: 
         if vis is not None:
             s = s.masked_fill(~vis.repeat_interleave(G, 0)[None], float("-inf"))
         scores.append(s)
-    p = torch.softmax(torch.cat(scores, -1), dim=-1)  # [Hkv, R*G, sum T_i]
+    p = softmax(torch.cat(scores, -1))  # [Hkv, R*G, sum T_i]
     out, t0 = None, 0
     for (K, V, _), s in zip(parts, scores):
         t1 = t0 + s.shape[-1]
@@ -321,22 +388,22 @@ def attend_one(q: Tensor, K: Tensor, V: Tensor, scale: float | None = None) -> T
     scale = 1.0 / math.sqrt(hd) if scale is None else scale
     qh = _heads_first(q, K.shape[0])  # [Hkv, G, hd]
     s = torch.matmul(qh, K.transpose(1, 2)) * scale  # [Hkv, G, T]
-    return _rows_first(torch.matmul(torch.softmax(s, dim=-1), V), 1)
+    return _rows_first(torch.matmul(softmax(s), V), 1)
 
 
 def prefill(model: Transformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Run tokens [T] through every block (causal); returns the cache K, V [L, Hkv, T, hd]."""
-    T = tokens.shape[0]
-    pos = torch.arange(T)
+    T, dev = tokens.shape[0], tokens.device
+    pos = torch.arange(T, device=dev)
     a = model.args
-    causal = torch.ones(T, T, dtype=torch.bool).tril()  # [T, T]
+    causal = torch.ones(T, T, dtype=torch.bool, device=dev).tril()  # [T, T]
     x = embed(model, tokens)  # [T, D]
     ks, vs = [], []
     for layer in range(a.n_layer):
         q, k, v = qkv(model, layer, x, pos)
         K, V = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, T, hd]
         w = window(a, layer)
-        mask = causal if not w else causal & ~torch.ones(T, T, dtype=torch.bool).tril(-w)  # key > query - w
+        mask = causal if not w else causal & ~torch.ones(T, T, dtype=torch.bool, device=dev).tril(-w)  # key > query - w
         x = finish(model, layer, x, attend(q, [(K, V, mask)], attn_scale(a)))
         ks.append(K)
         vs.append(V)
@@ -346,14 +413,16 @@ def prefill(model: Transformer, tokens: Tensor) -> tuple[Tensor, Tensor]:
 # ---------------------------------------------------------------------------- weights
 
 def fuse_state(state: dict, a: ModelArgs) -> dict:
-    """Separate q/k/v and gate/up weights (the cache's and Hugging Face's layout) -> fused ones."""
+    """Separate q/k/v (weights and biases) and gate/up weights (the cache's and Hugging Face's layout)
+    -> fused ones."""
     out = {}
     for key, w in state.items():
-        if key.endswith(("attention.wk.weight", "attention.wv.weight", "feed_forward.w3.weight")):
+        if key.endswith(("attention.wk.weight", "attention.wv.weight", "feed_forward.w3.weight",
+                         "attention.wk.bias", "attention.wv.bias")):
             continue
-        if key.endswith("attention.wq.weight"):
-            p = key[: -len("wq.weight")]
-            out[p + "wqkv.weight"] = torch.cat([w, state[p + "wk.weight"], state[p + "wv.weight"]])
+        if key.endswith(("attention.wq.weight", "attention.wq.bias")):
+            p, _, kind = key.rpartition(".wq.")
+            out[f"{p}.wqkv.{kind}"] = torch.cat([w, state[f"{p}.wk.{kind}"], state[f"{p}.wv.{kind}"]])
         elif key.endswith("feed_forward.w1.weight"):
             p = key[: -len("w1.weight")]
             out[p + "w13.weight"] = torch.cat([w, state[p + "w3.weight"]])
@@ -364,8 +433,9 @@ def fuse_state(state: dict, a: ModelArgs) -> dict:
     return out
 
 
-def from_state(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32) -> Transformer:
-    """A model from an unfused state dict (names as in the cache), cast to dtype."""
+def from_state(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32,
+               device: torch.device | str = "cpu") -> Transformer:
+    """A model from an unfused state dict (names as in the cache), cast to dtype on device."""
     with torch.device("meta"):
         model = Transformer(a)
     model.load_state_dict(fuse_state(state, a), strict=False, assign=True)
@@ -374,17 +444,18 @@ def from_state(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32) ->
     missing = [n for n, p in model.named_parameters() if p.is_meta]
     if missing:
         raise ValueError(f"weights missing from the state dict: {missing[:3]}")
-    return model.to_dtype(dtype).eval().requires_grad_(False)
+    return model.to_dtype(dtype, device).eval().requires_grad_(False)
 
 
-def load_cached(folder: str | Path, dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict]:
+def load_cached(folder: str | Path, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> tuple[Transformer, dict]:
     """(model, config) from a cache folder written by `dexref fetch`."""
     from safetensors.torch import load_file
 
     folder = Path(folder)
     cfg = json.loads((folder / "config.json").read_text())
     a = ModelArgs.from_dict(cfg["args"])
-    return from_state(a, load_file(str(folder / "model.safetensors")), dtype), cfg
+    return from_state(a, load_file(str(folder / "model.safetensors")), dtype, device), cfg
 
 
 def random_state(a: ModelArgs, seed: int = 0, scale: float = 1.0) -> dict:
@@ -409,6 +480,10 @@ def random_state(a: ModelArgs, seed: int = 0, scale: float = 1.0) -> dict:
         s[p + "feed_forward.w1.weight"] = w(a.intermediate, a.dim, std=a.dim ** -0.5)
         s[p + "feed_forward.w3.weight"] = w(a.intermediate, a.dim, std=a.dim ** -0.5)
         s[p + "feed_forward.w2.weight"] = w(a.dim, a.intermediate, std=a.intermediate ** -0.5)
+        if a.qkv_bias:
+            s[p + "attention.wq.bias"] = w(a.n_head * a.head_dim, std=1.0)
+            s[p + "attention.wk.bias"] = w(a.n_kv_head * a.head_dim, std=1.0)
+            s[p + "attention.wv.bias"] = w(a.n_kv_head * a.head_dim, std=1.0)
         if a.qk_norm:
             s[p + "attention.q_norm.weight"] = one + w(a.head_dim, std=0.1)
             s[p + "attention.k_norm.weight"] = one + w(a.head_dim, std=0.1)

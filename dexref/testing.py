@@ -126,3 +126,97 @@ def node_path(lat: core.Lattice, si: int, ji: int, prompt) -> tuple:
         below.append(int(lat.token[si, ji]))
         ji = int(lat.parent[si, ji])
     return tuple(prompt) + tuple(lat.output[si, : lat.counters.tokens[si]].tolist()) + tuple(below[::-1])
+
+
+# ---------------------------------------------------------------------------- Hugging Face checkpoints
+
+HF_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "gemma3")
+
+
+def hf_tiny_config(arch: str, vocab: int, seed: int = 0, **overrides):
+    """A tiny `transformers` config of each architecture dexref loads (2-3 layers, hidden 32-64), with
+    the features that matter switched on: GQA, Qwen2's qkv bias, Qwen3's q/k norms, Mistral's sliding
+    window (shorter than the test prompts), Gemma 3's local/global layers."""
+    import transformers as tf
+
+    rng = np.random.default_rng(seed)
+    n_kv = int(rng.integers(1, 3))
+    heads = n_kv * int(rng.integers(1, 3))
+    hd = int(rng.choice([8, 16]))
+    common = dict(vocab_size=vocab, hidden_size=int(rng.choice([32, 48, 64])), intermediate_size=int(rng.choice([48, 96])),
+                  num_hidden_layers=int(rng.integers(2, 4)), num_attention_heads=heads, num_key_value_heads=n_kv,
+                  head_dim=hd, max_position_embeddings=256, rms_norm_eps=1e-6, initializer_range=0.5,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=bool(rng.integers(0, 2)))
+    if arch == "llama":
+        cfg = tf.LlamaConfig(**common, rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,
+                                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                        "original_max_position_embeddings": 16})
+    elif arch == "qwen2":
+        cfg = tf.Qwen2Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    elif arch == "qwen3":
+        cfg = tf.Qwen3Config(**common, rope_parameters={"rope_type": "default", "rope_theta": 1000.0})
+    elif arch == "mistral":
+        cfg = tf.MistralConfig(**common, sliding_window=5, rope_parameters={"rope_type": "default", "rope_theta": 100.0})
+    elif arch == "gemma3":
+        n = common["num_hidden_layers"]
+        cfg = tf.Gemma3TextConfig(**common, sliding_window=4, query_pre_attn_scalar=24,
+                                  layer_types=["full_attention" if (i + 1) % 2 == 0 else "sliding_attention"
+                                               for i in range(n)],
+                                  rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                                   "sliding_attention": {"rope_type": "default", "rope_theta": 100.0}},
+                                  final_logit_softcapping=None, attn_logit_softcapping=None)
+    else:
+        raise ValueError(arch)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def hf_tiny_model(arch: str, vocab: int, seed: int = 0, **overrides):
+    """A random tiny `transformers` model (float64) of `arch`; norms and biases randomised too, so every
+    weight matters to the tokens."""
+    import transformers as tf
+
+    cfg = hf_tiny_config(arch, vocab, seed, **overrides)
+    cls = {"llama": tf.LlamaForCausalLM, "qwen2": tf.Qwen2ForCausalLM, "qwen3": tf.Qwen3ForCausalLM,
+           "mistral": tf.MistralForCausalLM, "gemma3": tf.Gemma3ForCausalLM}[arch]
+    torch.manual_seed(seed)
+    model = cls(cfg).to(torch.float64).eval().requires_grad_(False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("norm.weight", "layernorm.weight", ".bias")):
+                p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3 + (1.0 if arch != "gemma3" and
+                                                                                  not name.endswith(".bias") else 0.0))
+        if arch == "gemma3":  # embeddings times sqrt(hidden) would drown every layer's contribution
+            model.model.embed_tokens.weight.mul_(cfg.hidden_size ** -0.5)
+    model.config._attn_implementation = "eager"
+    return model
+
+
+def write_tiny_tokenizer(folder: Path, vocab: int) -> None:
+    """tokenizer.json (a word-level vocabulary of characters and filler tokens, BOS added to raw text)
+    and tokenizer_config.json with a chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    words = ["<pad>", "<s>", "</s>"] + list(CHARS)
+    words += [f"<t{i}>" for i in range(vocab - len(words))]
+    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(words)}, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<pad>", "<s>", "</s>"])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>",
+        "chat_template": "{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                         "{% if add_generation_prompt %}assistant:{% endif %}"}))
+
+
+def write_hf_checkpoint(folder: str | Path, model, shard: str | None = None) -> Path:
+    """`save_pretrained` (safetensors; `shard`: max_shard_size, e.g. "20KB", for several files and an
+    index) plus a tiny tokenizer."""
+    folder = Path(folder)
+    model.save_pretrained(folder, max_shard_size=shard or "10GB")
+    write_tiny_tokenizer(folder, model.config.vocab_size)
+    return folder

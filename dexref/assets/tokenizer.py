@@ -13,13 +13,32 @@ TEMPLATES = ("raw", "chat")
 
 
 class Tok:
-    def __init__(self, folder: str | Path):
+    """`hf`: a Hugging Face checkpoint folder, whose tokenizer.json adds its own special tokens (BOS)
+    to raw text, as `transformers`' tokenizer(text) does; its chat template is rendered with the
+    tokenizer's bos/eos strings and encoded without adding any (as `apply_chat_template`)."""
+
+    def __init__(self, folder: str | Path, hf: bool = False):
         from tokenizers import Tokenizer
 
         folder = Path(folder)
-        self.tk = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        path = folder / "tokenizer.json"
+        try:
+            self.tk = Tokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own exception type
+            raise UserError(f"{path}: not a readable tokenizer ({e})") from None
         t = folder / "chat_template.jinja"
         self.chat_template = t.read_text() if t.is_file() else None
+        self.hf, self.specials = hf, {}
+        if hf:
+            tc = folder / "tokenizer_config.json"
+            conf = json.loads(tc.read_text()) if tc.is_file() else {}
+            self.chat_template = self.chat_template or conf.get("chat_template")
+            if isinstance(self.chat_template, list):  # named templates: the default one
+                self.chat_template = {t.get("name"): t.get("template") for t in self.chat_template}.get("default")
+            self.specials = {k: (v.get("content") if isinstance(v, dict) else v) or ""
+                             for k in ("bos_token", "eos_token") for v in [conf.get(k)]}
+            self.bos = None
+            return
         c = folder / "config.json"
         cfg = json.loads(c.read_text()) if c.is_file() else {}
         self.bos = int(cfg["args"]["bos"]) if cfg.get("add_bos") else None  # prepended to prompts
@@ -37,7 +56,7 @@ class Tok:
 
     def _apply(self, text: str, template: str) -> list[int]:
         if template == "raw":
-            return self.encode(text)
+            return self.tk.encode(text, add_special_tokens=True).ids if self.hf else self.encode(text)
         if template == "chat":
             if self.chat_template is None:
                 raise UserError("--template chat: this model has no chat template")
@@ -45,6 +64,24 @@ class Tok:
 
             env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
             rendered = env.from_string(self.chat_template).render(
-                messages=[{"role": "user", "content": text}], add_generation_prompt=True)
+                messages=[{"role": "user", "content": text}], add_generation_prompt=True, **self.specials)
             return self.encode(rendered)
         raise UserError(f"--template {template!r}: must be one of {', '.join(TEMPLATES)}")
+
+
+class ByteTok:
+    """Text as UTF-8 bytes (ids 0-255), for models with random weights (`--model random:NAME`), which
+    have no tokenizer; ids above 255 decode as <id>."""
+    hf = False
+    bos = None
+
+    def encode(self, text: str) -> list[int]:
+        return list(text.encode("utf-8"))
+
+    def decode(self, ids: list[int]) -> str:
+        return "".join(chr(i) if i < 128 else f"<{i}>" for i in ids)
+
+    def apply(self, text: str, template: str) -> list[int]:
+        if template != "raw":
+            raise UserError(f"--template {template!r}: a random-weight model has only the raw template")
+        return self.encode(text)
