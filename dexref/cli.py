@@ -17,7 +17,7 @@ from dexsim.config import from_args
 from dexsim.core import registry
 from dexsim.errors import UserError
 
-from .load import ModelConfig, exit_set, load_model
+from .load import DTYPES, ModelConfig, exit_set, load_model
 
 TRAIN_DEPTHS = "every:3"  # train-exits defaults: dexref/README.md has the measurements behind them
 DEFAULT_STEPS = 60
@@ -98,7 +98,7 @@ def cmd_generate(args) -> int:
     counters = run.counters()
     counters["committed"] = counters.pop("tokens")
     out = {"model": args.model, "heads": "lens" if heads is None else heads.heads,
-           "policy": policy.name, **registry.policy_params(policy), "dtype": args.dtype,
+           "policy": policy.name, **registry.policy_params(policy), "dtype": args.dtype, "device": str(model.device),
            "mode": "batch_invariant" if args.batch_invariant else "fast", "jump": args.jump,
            "sampling": sampling.meta(),
            "prompt_tokens": len(ids), **counters, "tokens": run.outputs[0],
@@ -157,15 +157,13 @@ def cmd_record(args) -> int:
         params["heads"] = heads_provenance(heads, params["prompt_ids"])
     if args.model in MODELS:  # arch from the model catalog, as the cost model knows it
         catalog, arch = get_model(MODELS[args.model].catalog).name, None
-    else:  # a model outside the catalog: its own arch
-        a = model.args
+    else:  # a model outside the catalog (a checkpoint, random weights): its own arch, which dexsim prices
         catalog = "smollm2-135m"  # make_meta needs a catalog entry; arch and model name are overridden
-        arch = dict(layers=a.n_layer, hidden=a.dim, intermediate=a.intermediate, heads=a.n_head,
-                    kv_heads=a.n_kv_head, head_dim=a.head_dim, vocab=a.vocab,
-                    params=sum(p.numel() for p in model.parameters()), dtype=args.dtype)
+        arch = record.arch_of(model, cfg.get("architecture"))
+        params["architecture"], params["config_sha256"] = cfg.get("architecture"), cfg.get("config_sha256")
     trace = record.save(arrays, args.out, catalog_name=catalog, dataset=args.dataset,
                         template=args.template, sampling=sampling, params=params, arch=arch,
-                        model_name=None if arch is None else args.model,
+                        model_name=None if arch is None else cfg.get("name", args.model),
                         heads="lens" if heads is None else heads.heads)
     print(json.dumps({"out": args.out, "sequences": trace.n_seqs, "tokens": trace.n_tokens,
                       "sha256": trace.meta["sha256"], "wall_s": params["wall_s"]}))
@@ -242,8 +240,8 @@ def cmd_train_exits(args) -> int:
     _check_out_folder(args.out)
     if not args.out.endswith(".json"):
         raise UserError(f"--out {args.out}: name the manifest, NAME.json (NAME.safetensors goes beside it)")
-    # adapters train and are stored in float32
-    model, tok, cfg = load_model(from_args(ModelConfig, args, dtype="float32"))
+    # the model in --dtype generates the states; adapters train and are stored in float32
+    model, tok, cfg = load_model(from_args(ModelConfig, args))
     L = model.args.n_layer
     depths = [d for d in exit_set(args.depths, L, None, "--depths").tolist() if d < L]
     if not depths:
@@ -338,7 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train-exits", help="train exit adapters by self-distillation (frozen model), save them "
                                             "as safetensors + a JSON manifest")
-    p.add_argument("--model", default="smollm2-135m", help="model whose exits to train (see `fetch`)")
+    p.add_argument("--model", default="smollm2-135m", help="model whose exits to train: a cached model (see `fetch`) "
+                                                            "or a Hugging Face checkpoint folder")
+    p.add_argument("--dtype", default="float32", help=f"dtype of the frozen model that generates the training "
+                                                      f"states: one of {', '.join(DTYPES)} (adapters train in float32)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: a GPU when one is present)")
     p.add_argument("--template", default="raw", help="raw | chat: template of the training prompts")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--depths", default=TRAIN_DEPTHS, help=f"exit depths to train: all | every:N | d1,d2,... "

@@ -348,7 +348,7 @@ def generate(model: Transformer, prompts: list[list[int]], policy, max_new_token
     if record_depths is not None:
         check_exits(heads, record_depths, model.args.n_layer, flag="--depths")
     if heads is not None:
-        heads = heads.to(model.tok_embeddings.weight.dtype)
+        heads = heads.to(model.dtype, model.device)
     t0 = time.perf_counter()
     M = policy.buffer + 1
     ex = TorchExecutor(model, prompts, M, max_new_tokens, sampling, batch_invariant, record_depths, observe, jump,

@@ -36,7 +36,7 @@ from torch import Tensor
 from dexsim.errors import UserError
 
 from .assets.sources import sha256_file
-from .model import Transformer, attn_scale, embed, finish, head, prefill, qkv, window
+from .model import Transformer, attn_scale, embed, finish, head, prefill, qkv, softmax, window
 
 FORMAT = "dex-exits/1"
 KIND = "lowrank-residual"
@@ -63,8 +63,9 @@ class Adapters:
         """The trace meta `heads` value (DESIGN.md section 5)."""
         return f"{TRAINED}{self.name}"
 
-    def to(self, dtype: torch.dtype) -> "Adapters":
-        cast = {d: t.to(dtype) for d, t in self.A.items()}, {d: t.to(dtype) for d, t in self.B.items()}
+    def to(self, dtype: torch.dtype, device=None) -> "Adapters":
+        cast = ({d: t.to(device, dtype) for d, t in self.A.items()},
+                {d: t.to(device, dtype) for d, t in self.B.items()})
         return Adapters(self.name, self.depths, *cast, self.manifest)
 
     def adapt(self, x: Tensor, depths: np.ndarray) -> Tensor:
@@ -74,7 +75,7 @@ class Adapters:
         for d in np.unique(depths).tolist():
             if d not in self.A:
                 continue
-            rows = torch.from_numpy(np.flatnonzero(depths == d))
+            rows = torch.from_numpy(np.flatnonzero(depths == d)).to(x.device)
             xd = x.index_select(0, rows)  # [Rd, D]
             yd = xd + F.linear(F.linear(xd, self.A[d]), self.B[d])  # [Rd, D]
             out = x.clone() if out is x else out
@@ -115,7 +116,7 @@ def fingerprint(model: Transformer) -> str:
     parts = [model.norm.weight, model.output.weight]
     parts += [w for blk in model.layers for w in (blk.attention_norm.weight, blk.ffn_norm.weight)]
     for w in parts:
-        h.update(w.detach().to(torch.float32).contiguous().numpy().tobytes())
+        h.update(w.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -134,37 +135,38 @@ def greedy_states(model: Transformer, prompts: list[list[int]], max_new_tokens: 
 
     A plain batched decoder rather than the engine: training data needs many tokens fast, not the
     engine's bitwise AR states (a near-tie may round the other way here, which no training cares about)."""
-    a, S = model.args, len(prompts)
-    P = torch.tensor([len(p) for p in prompts])  # [S]
+    a, S, dev = model.args, len(prompts), model.device
+    P = torch.tensor([len(p) for p in prompts], device=dev)  # [S]
     T = int(P.max()) + max_new_tokens
-    dt = model.tok_embeddings.weight.dtype
-    K = torch.zeros(a.n_layer, S, a.n_kv_head, T, a.head_dim, dtype=dt)  # [L, S, Hkv, T, hd]
+    dt = model.dtype
+    K = torch.zeros(a.n_layer, S, a.n_kv_head, T, a.head_dim, dtype=dt, device=dev)  # [L, S, Hkv, T, hd]
     V = torch.zeros_like(K)
     for s, p in enumerate(prompts):  # the cache: every prompt token but the last
         if len(p) > 1:
-            Ks, Vs = prefill(model, torch.tensor(p[:-1]))  # [L, Hkv, P-1, hd]
+            Ks, Vs = prefill(model, torch.tensor(p[:-1], device=dev))  # [L, Hkv, P-1, hd]
             K[:, s, :, : len(p) - 1], V[:, s, :, : len(p) - 1] = Ks, Vs
-    tok = torch.tensor([p[-1] for p in prompts])  # [S]
+    tok = torch.tensor([p[-1] for p in prompts], device=dev)  # [S]
     pos = P - 1  # [S]
-    live = torch.ones(S, dtype=torch.bool)
+    live = torch.ones(S, dtype=torch.bool, device=dev)
     steps: list[Tensor] = []  # per step [S, L+1, D]
-    lengths = torch.zeros(S, dtype=torch.int64)
+    lengths = torch.zeros(S, dtype=torch.int64, device=dev)
+    rows, at = torch.arange(S, device=dev), torch.arange(T, device=dev)
     G = a.n_head // a.n_kv_head
     for _ in range(max_new_tokens):
         x = embed(model, tok)  # [S, D]
         states = [x]
-        seen = torch.arange(T)[None, :] <= pos[:, None]  # [S, T]
+        seen = at[None, :] <= pos[:, None]  # [S, T]
         for layer in range(a.n_layer):
             q, k, v = qkv(model, layer, x, pos)  # [S, H, hd], [S, Hkv, hd] x2
-            K[layer, torch.arange(S), :, pos] = k
-            V[layer, torch.arange(S), :, pos] = v
+            K[layer, rows, :, pos] = k
+            V[layer, rows, :, pos] = v
             qg = q.view(S, a.n_kv_head, G, a.head_dim)  # [S, Hkv, G, hd]
             sc = torch.matmul(qg, K[layer].transpose(2, 3))  # [S, Hkv, G, T]
             sc = sc / math.sqrt(a.head_dim) if not a.attn_scalar else sc * attn_scale(a)
             w = window(a, layer)
-            ok = seen if not w else seen & (torch.arange(T)[None, :] > (pos - w)[:, None])  # sliding window
+            ok = seen if not w else seen & (at[None, :] > (pos - w)[:, None])  # sliding window
             sc = sc.masked_fill(~ok[:, None, None, :], float("-inf"))
-            att = torch.matmul(torch.softmax(sc, -1), V[layer]).reshape(S, -1)  # [S, H*hd]
+            att = torch.matmul(softmax(sc), V[layer]).reshape(S, -1)  # [S, H*hd]
             x = finish(model, layer, x, att)
             states.append(x)
         steps.append(torch.stack(states, 1))  # [S, L+1, D]
@@ -227,6 +229,7 @@ def train(model: Transformer, states: Tensor, depths, *, rank: int, steps: int, 
     L, N, D = model.args.n_layer, states.shape[0], states.shape[2]
     head = _head32(model)
     A, B = init_adapters(depths, rank, D, seed)
+    A, B = ({d: t.to(states.device) for d, t in A.items()}, {d: t.to(states.device) for d, t in B.items()})
     params = [t.requires_grad_() for d in depths for t in (A[d], B[d])]
     opt = torch.optim.Adam(params, lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
@@ -236,7 +239,7 @@ def train(model: Transformer, states: Tensor, depths, *, rank: int, steps: int, 
     for step in range(steps):
         if at + batch > N:  # a new epoch
             order, at = torch.randperm(N, generator=g), 0
-        idx = order[at: at + batch]
+        idx = order[at: at + batch].to(states.device)
         at += batch
         with torch.no_grad():
             teacher = torch.log_softmax(head(states[idx, L]), -1)  # [b, V]
@@ -274,7 +277,7 @@ def evaluate(model: Transformer, states: Tensor, adapters: Adapters | None, chun
             x = s[:, d] if ad is None else ad.adapt(s[:, d], np.full(s.shape[0], d))
             cols.append(head(x).argmax(-1) == final)
         hits.append(torch.stack(cols, 1))  # [n, E]
-    m = torch.cat(hits).numpy()  # [N, E]
+    m = torch.cat(hits).cpu().numpy()  # [N, E]
     ead = depths[m.argmax(1)]
     tail = m[:, ::-1].cumprod(1)[:, ::-1]  # [N, E]: every depth from here on matches
     stable = depths[tail.argmax(1)]
@@ -295,8 +298,8 @@ def save(path: str | Path, model: Transformer, A: dict, B: dict, *, model_name: 
     rank, dim = A[depths[0]].shape
     tensors = {}
     for d in depths:
-        tensors[f"A.{d}"] = A[d].to(torch.float32).contiguous()
-        tensors[f"B.{d}"] = B[d].to(torch.float32).contiguous()
+        tensors[f"A.{d}"] = A[d].to("cpu", torch.float32).contiguous()
+        tensors[f"B.{d}"] = B[d].to("cpu", torch.float32).contiguous()
     save_file(tensors, str(ten_path))
     manifest = {
         "format": FORMAT, "name": man_path.stem, "kind": KIND, "model": model_name, "arch": _arch(model),
@@ -366,9 +369,9 @@ def load(path: str | Path, model: Transformer) -> Adapters:
                 raise UserError(f"{ten_path}: tensor {key} missing or not of shape {shape}")
             if not torch.isfinite(t[key]).all():
                 raise UserError(f"{ten_path}: tensor {key} holds NaN or inf")
-    dt = model.output.weight.dtype
-    A = {d: t[f"A.{d}"].to(dt) for d in m["depths"]}
-    B = {d: t[f"B.{d}"].to(dt) for d in m["depths"]}
+    dt, dev = model.dtype, model.device
+    A = {d: t[f"A.{d}"].to(dev, dt) for d in m["depths"]}
+    B = {d: t[f"B.{d}"].to(dev, dt) for d in m["depths"]}
     return Adapters(m["name"], tuple(m["depths"]), A, B, m)
 
 

@@ -72,6 +72,18 @@ def record(model, prompts: list[list[int]], *, max_new_tokens: int, depths, eos:
     )
 
 
+def arch_of(model, architecture: str | None = None) -> dict:
+    """meta.arch of a model outside the catalog: what dexsim prices it from (`spec_from_arch`)."""
+    a = model.args
+    arch = dict(layers=a.n_layer, hidden=a.dim, intermediate=a.intermediate, heads=a.n_head,
+                kv_heads=a.n_kv_head, head_dim=a.head_dim, vocab=a.vocab,
+                params=sum(p.numel() for p in model.parameters()), tied_embeddings=a.tied,
+                dtype=str(model.dtype).removeprefix("torch."), bytes_per_weight=model.dtype.itemsize)
+    if architecture:
+        arch["architecture"] = architecture
+    return arch
+
+
 def save(arrays: dict, path: str, *, catalog_name: str, dataset: str, template: str, sampling: Sampling,
          params: dict, arch: dict | None = None, model_name: str | None = None, heads: str = "lens") -> Trace:
     """Write the trace with complete meta. `arch` and `model_name` override the catalog's (for models

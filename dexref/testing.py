@@ -145,7 +145,7 @@ def hf_tiny_config(arch: str, vocab: int, seed: int = 0, **overrides):
     hd = int(rng.choice([8, 16]))
     common = dict(vocab_size=vocab, hidden_size=int(rng.choice([32, 48, 64])), intermediate_size=int(rng.choice([48, 96])),
                   num_hidden_layers=int(rng.integers(2, 4)), num_attention_heads=heads, num_key_value_heads=n_kv,
-                  head_dim=hd, max_position_embeddings=256, rms_norm_eps=1e-6, initializer_range=0.5,
+                  head_dim=hd, max_position_embeddings=1024, rms_norm_eps=1e-6, initializer_range=0.5,
                   bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=bool(rng.integers(0, 2)))
     if arch == "llama":
         cfg = tf.LlamaConfig(**common, rope_parameters={"rope_type": "llama3", "rope_theta": 500.0, "factor": 8.0,

@@ -6,7 +6,8 @@ import json
 from dataclasses import asdict
 
 from dexsim.specs import calibrate as calib
-from dexsim.specs.catalog import get_gpu, get_model, gpus, models
+from dexsim.specs.catalog import get_gpu, get_model, gpus, model_spec, models
+from dexsim.traces.format import load_trace
 from dexsim.hardware.cost import PARTS, Hardware, ar_breakdown, check_hardware
 from dexsim.errors import UserError
 
@@ -85,7 +86,12 @@ def _cmd_gpus(args) -> int:
 
 
 def _cmd_models(args) -> int:
-    return _list(args, models(), asdict,
+    catalog = models()
+    for path in args.trace or ():  # a model read from a trace's meta.arch (catalog entries keep theirs)
+        meta = load_trace(path).meta
+        name = str(meta["model"])
+        catalog[name] = model_spec(name, meta["arch"], path)
+    return _list(args, catalog, asdict,
                  f"{'name':<16}{'layers':>7}{'hidden':>7}{'heads':>6}{'kv':>4}{'vocab':>8}{'params':>9}",
                  lambda n, m: f"{n:<16}{m.layers:7}{m.hidden:7}{m.heads:6}{m.kv_heads:4}{m.vocab:8}"
                               f"{m.params / 1e9:8.2f}B")
@@ -115,6 +121,8 @@ def register(sub) -> None:
     p.set_defaults(func=_cmd_gpus)
 
     p = sub.add_parser("models", help="list the model catalog")
+    p.add_argument("--trace", action="append", default=None,
+                   help="also list the model of this trace (its meta.arch where the catalog lacks it); repeatable")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_models)
 

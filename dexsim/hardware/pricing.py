@@ -28,7 +28,7 @@ from dexsim.config import option
 from dexsim.errors import UserError
 from dexsim.hardware import cost
 from dexsim.replay.executor import replay
-from dexsim.specs.catalog import ModelSpec, get_gpu, get_model, with_heads
+from dexsim.specs.catalog import ModelSpec, get_gpu, model_spec, with_heads
 
 
 @dataclass(frozen=True)
@@ -76,9 +76,11 @@ class HardwareConfig:
     batch: int | None = option(None, "with --gpu: sequences decoded together in lockstep (default 1); under "
                                      "--scheduler des, the most requests in flight", kind=int)
 
-    def resolve(self, trace_model: str, heads: str, where: str) -> tuple[ModelSpec, cost.Hardware] | None:
-        """(model, Hardware) to price on, or None without --gpu; `trace_model`, `heads` and `where` (what
-        names the trace's model) come from the trace."""
+    def resolve(self, trace_model: str, heads: str, where: str,
+                arch: dict | None = None) -> tuple[ModelSpec, cost.Hardware] | None:
+        """(model, Hardware) to price on, or None without --gpu; `trace_model`, `heads`, `where` (what
+        names the trace's model) and `arch` (its meta.arch: the model when the catalog lacks it) come
+        from the trace."""
         if self.gpu is None:
             given = [f for f in ("tp", "pp", "batch") if getattr(self, f) is not None]
             if given:
@@ -86,15 +88,18 @@ class HardwareConfig:
             return None
         flag = "--model" if self.model else f"{where}: meta.model"
         tp, pp, batch = (1 if v is None else v for v in (self.tp, self.pp, self.batch))
-        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads)
+        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads,
+                        arch=None if self.model else arch, where=where)
 
 
 def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-             model_flag: str = "--model", heads: str = "lens") -> tuple[ModelSpec, cost.Hardware]:
-    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
-    unknown name or a configuration that cannot run is a UserError naming the flag."""
+             model_flag: str = "--model", heads: str = "lens", arch: dict | None = None,
+             where: str = "trace") -> tuple[ModelSpec, cost.Hardware]:
+    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; a
+    model outside the catalog is priced from `arch` (the trace's meta.arch) where given. An unknown
+    name or a configuration that cannot run is a UserError naming the flag."""
     try:
-        model = get_model(model_name)
+        model = model_spec(model_name, arch, where)
     except UserError as e:
         raise UserError(f"{model_flag}: {e}") from None
     try:

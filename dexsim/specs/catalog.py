@@ -52,6 +52,41 @@ def get_model(name: str) -> ModelSpec:
     return catalog[name]
 
 
+DTYPE_BYTES = {"float64": 8, "fp64": 8, "float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2}
+
+
+def spec_from_arch(name: str, arch: dict, where: str = "trace") -> ModelSpec:
+    """The ModelSpec of a model outside the catalog, from a trace's `meta.arch` (a checkpoint recorded
+    with `dexref record --model PATH`): layers, hidden, intermediate, heads, kv_heads, vocab, params and
+    dtype, with head_dim (default hidden / heads), bytes_per_weight (default: the dtype's) and
+    tied_embeddings (default false) where given. A missing or bad field is one line naming it."""
+    def positive(key, default=None):
+        v = arch.get(key, default)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise UserError(f"{where}: meta.arch.{key}: {v!r} is not a positive number "
+                            f"(needed to price model {name!r}, which is not in the catalog)")
+        return v
+
+    if not isinstance(arch, dict):
+        raise UserError(f"{where}: meta.arch: not a JSON object")
+    dtype = arch.get("dtype")
+    bpw = arch.get("bytes_per_weight", DTYPE_BYTES.get(dtype))
+    if bpw is None:
+        raise UserError(f"{where}: meta.arch: dtype {dtype!r} unknown and no bytes_per_weight "
+                        f"(known dtypes: {', '.join(DTYPE_BYTES)})")
+    ints = {k: int(positive(k)) for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "params")}
+    return ModelSpec(name=name, **ints, head_dim=int(positive("head_dim", ints["hidden"] // ints["heads"])),
+                     tied_embeddings=bool(arch.get("tied_embeddings", False)), dtype=str(dtype),
+                     bytes_per_weight=float(positive("bytes_per_weight", bpw)), source=f"meta.arch of {where}")
+
+
+def model_spec(name: str, arch: dict | None = None, where: str = "trace") -> ModelSpec:
+    """The catalog's model `name`, or, for a name the catalog does not hold, the one `arch` describes."""
+    if name in models() or arch is None:
+        return get_model(name)
+    return spec_from_arch(name, arch, where)
+
+
 # --- exit heads -------------------------------------------------------------------------------------
 
 LENS = "lens"

@@ -178,11 +178,12 @@ def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int
     return for_model(first_tokens(first_seqs(loaded(path), max_seqs), max_tokens), model, flag="--models")
 
 
-def _hardware(model_name: str, hw_grid: list, notes: list, heads: str = "lens") -> list:
+def _hardware(model_name: str, hw_grid: list, notes: list, heads: str = "lens", arch: dict | None = None,
+              where: str = "trace") -> list:
     out = []
     for gpu, tp, pp, batch in hw_grid:
         try:
-            out.append(pricing.hardware(model_name, gpu, tp, pp, batch, heads=heads))
+            out.append(pricing.hardware(model_name, gpu, tp, pp, batch, heads=heads, arch=arch, where=where))
         except UserError as e:
             notes.append(f"skipped {model_name} on {gpu} tp={tp} pp={pp} batch={batch}: {e}")
     return out
@@ -280,7 +281,7 @@ def build_grid(cfg: SweepConfig) -> Grid:
             model = None if model_arg == "trace" else model_arg
             trace, rescaled = prepared(path, max_tokens, model, max_seqs)
             name = trace.meta.get("model")
-            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"])
+            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], trace.meta["arch"], path)
             if not hardware:
                 continue
             base = Job(path, max_tokens, model, cfg.seed, "ar", des_pps=des_pps, max_seqs=max_seqs)
