@@ -106,7 +106,7 @@ def test_eos_stops_every_policy_alike(seed):
         assert generate(model, prompts, policy, NEW, eos=eos).outputs == ar_eos, label(policy)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("seed", SEEDS[:3])
 def test_batch_invariant_states_are_bitwise_ar(seed, dtype):
     """Every node-layer any policy computes (on the true path or not) equals, bit for bit, the state AR
@@ -133,6 +133,22 @@ def test_batch_invariant_states_are_bitwise_ar(seed, dtype):
         run = generate(model, [prompt], policy, 16, batch_invariant=True, observe=observe)
         assert run.outputs[0] == ar, label(policy)
     assert max(checked) >= 2  # branches below branches were checked too
+
+
+def test_bf16_fast_mode_rounds_apart_from_ar():
+    """Why the batch-invariant mode exists: in bfloat16 the fast mode's batched rows round differently
+    from AR's one-row steps, so its committed cache differs from AR's (and a near-tie can flip a token),
+    while the batch-invariant mode's is AR's bit for bit (the bitwise tests above are not vacuous)."""
+    differs = 0
+    for seed in range(3):
+        model, _, a = tiny_model(seed, dtype=torch.bfloat16, n_layer=4)
+        prompts = random_prompts(seed, a.vocab, (6,))
+        ar = generate(model, prompts, make_policy("ar", 4), 16).executor.committed_cache(0)
+        runs = {bi: generate(model, prompts, make_policy("dex", 4, explorers=4, buffer=8), 16, batch_invariant=bi)
+                for bi in (False, True)}
+        assert all(map(torch.equal, runs[True].executor.committed_cache(0), ar))
+        differs += not all(map(torch.equal, runs[False].executor.committed_cache(0), ar))
+    assert differs >= 2
 
 
 @pytest.mark.parametrize("seed", range(8))
