@@ -89,7 +89,7 @@ def hf_model(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32, attn
 @torch.no_grad()
 def hf_greedy(model, prompt: list[int], max_new_tokens: int, eos: int | None = None) -> list[int]:
     """`generate(do_sample=False)`: the generated ids (stopping after eos if given)."""
-    ids = torch.tensor([prompt])
+    ids = torch.tensor([prompt], device=model.device)
     out = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                          max_new_tokens=max_new_tokens, min_new_tokens=0,
                          eos_token_id=eos, pad_token_id=eos if eos is not None else 0,
