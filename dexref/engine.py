@@ -337,10 +337,11 @@ def check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: 
 def generate(model: Transformer, prompts: list[list[int]], policy, max_new_tokens: int, *,
              sampling: Sampling = Sampling(), eos: int | None = None, batch_invariant: bool = False,
              record_depths=None, record_events: bool = False, observe=None, jump: bool = False,
-             heads=None) -> Run:
+             heads=None, executor=None) -> Run:
     """Decode every prompt (as S sequences of one lattice) under `policy`; the core does the rest.
     `heads`: trained exit heads (`exits.Adapters`) or None for the logit lens; with trained heads every
-    exit depth but L must have one."""
+    exit depth but L must have one. `executor`: a TorchExecutor subclass (benchmarks: one that times
+    the hooks, or takes its decisions from a trace)."""
     from .exits import check_exits
 
     check_prompts(model, prompts, max_new_tokens)
@@ -351,8 +352,8 @@ def generate(model: Transformer, prompts: list[list[int]], policy, max_new_token
         heads = heads.to(model.dtype, model.device)
     t0 = time.perf_counter()
     M = policy.buffer + 1
-    ex = TorchExecutor(model, prompts, M, max_new_tokens, sampling, batch_invariant, record_depths, observe, jump,
-                       heads)
+    ex = (executor or TorchExecutor)(model, prompts, M, max_new_tokens, sampling, batch_invariant, record_depths,
+                                     observe, jump, heads)
     lat = core.Lattice(L=model.args.n_layer, exits=policy.exits, capacity=M,
                        root_tokens=[p[-1] for p in prompts], root_pos=[len(p) - 1 for p in prompts],
                        max_tokens=np.full(len(prompts), max_new_tokens), eos=eos, record_events=record_events)
