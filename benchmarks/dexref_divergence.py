@@ -114,7 +114,6 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> int:
-    from dexref.assets.tokenizer import Tok
     from dexref.load import ModelConfig, load_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

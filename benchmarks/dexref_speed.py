@@ -52,9 +52,9 @@ def unit_costs(model, rows=(1, 2, 4, 8), n: int = 60) -> dict:
     a = model.args
     out = {}
     for R in rows:
-        x = torch.randn(R, a.dim)
+        x = torch.randn(R, a.dim, dtype=model.dtype)
         pos = torch.arange(200, 200 + R)
-        K = torch.randn(a.n_kv_head, 200, a.head_dim)
+        K = torch.randn(a.n_kv_head, 200, a.head_dim, dtype=model.dtype)
 
         def block(layer):
             q, k, v = qkv(model, layer, x, pos)
@@ -88,33 +88,42 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--dtype", default="float32", help="float32 | bfloat16 | ...")
+    ap.add_argument("--bi", action="store_true", help="also the batch-invariant mode's cost: ar and two dex "
+                                                      "settings in both modes")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     folder = require_model(args.model)
     tok = Tok(folder)
-    model, _ = load_cached(folder, torch.float32)
+    model, _ = load_cached(folder, getattr(torch, args.dtype))
     a = model.args
     L, eos = a.n_layer, a.eos
     prompts = [tok.encode(r["text"]) for r in load_prompts("humaneval", args.prompts)]
-    res = {"model": args.model, "prompts": len(prompts), "new": args.new, "threads": torch.get_num_threads(),
+    res = {"model": args.model, "dtype": args.dtype, "prompts": len(prompts), "new": args.new, "threads": torch.get_num_threads(),
            "repeats": args.repeats, "load_before": os.getloadavg()}
     # Every contender runs on prompt i before any runs on prompt i+1 (and the order rotates), so a
     # change in the machine's load hits all of them alike: the machine is shared.
-    runs = {"ar": (make_policy("ar", L), False), "ar (jump)": (make_policy("ar", L), True)}
-    runs.update({name: (policy, True) for name, policy in dex_candidates(L).items()})
+    runs = {"ar": (make_policy("ar", L), False, False), "ar (jump)": (make_policy("ar", L), True, False)}
+    runs.update({name: (policy, True, False) for name, policy in dex_candidates(L).items()})
+    if args.bi:  # the batch-invariant mode's price: every node alone, one row per call
+        every3 = np.r_[np.arange(3, L, 3), L]
+        wide = make_policy("dex", L, exits=every3, explorers=4, buffer=8)
+        first = next(iter(dex_candidates(L)))
+        runs.update({"ar (bi)": (make_policy("ar", L), False, True), f"{first} (bi)": (runs[first][0], True, True),
+                     "dex k=4 B=8 E=every3": (wide, True, False), "dex k=4 B=8 E=every3 (bi)": (wide, True, True)})
     hf = None
     if not args.no_hf:
         from safetensors.torch import load_file
 
         from dexref.hf import hf_greedy, hf_model
 
-        hf = hf_model(a, load_file(str(folder / "model.safetensors")), torch.float32)
+        hf = hf_model(a, load_file(str(folder / "model.safetensors")), getattr(torch, args.dtype))
         runs["transformers greedy"] = None
     for name, run in runs.items():  # warm-up, not timed: the lattice core's first calls compile (or load the cache)
         if run is not None:
-            generate(model, [prompts[0][:8]], run[0], 2, eos=eos, jump=run[1])
+            generate(model, [prompts[0][:8]], run[0], 2, eos=eos, jump=run[1], batch_invariant=run[2])
     wall = {k: 0.0 for k in runs}
     outs = {k: [None] * len(prompts) for k in runs}
     counters = {k: {} for k in runs}
@@ -127,8 +136,8 @@ def main() -> int:
                 if runs[name] is None:
                     o = hf_greedy(hf, p, args.new, eos)
                 else:
-                    policy, jump = runs[name]
-                    run = generate(model, [p], policy, args.new, eos=eos, jump=jump)
+                    policy, jump, bi = runs[name]
+                    run = generate(model, [p], policy, args.new, eos=eos, jump=jump, batch_invariant=bi)
                     o = run.outputs[0]
                     if rep == 0:
                         for c, v in run.counters().items():

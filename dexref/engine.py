@@ -291,7 +291,7 @@ class TorchExecutor:
 
     def _noise(self, pos: int, vocab: int) -> torch.Tensor:
         if pos not in self.noise:
-            self.noise[pos] = gumbel_noise(self.sampling.seed, pos, vocab)
+            self.noise[pos] = gumbel_noise(self.sampling.seed, pos, vocab).to(self.dev)
         return self.noise[pos]
 
     def committed_cache(self, s: int) -> tuple[torch.Tensor, torch.Tensor]:
