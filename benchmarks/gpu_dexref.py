@@ -3,9 +3,10 @@ bfloat16 on one device, everything timed in the same process.
 
 1. `static`: engine AR tokens/s against a static-cache decoder of the same shape and weights (gpt-fast
    style: one token a step over a preallocated KV cache, masks as tensors), `torch.compile`d (on CUDA
-   with mode="reduce-overhead", i.e. CUDA graphs), the goal being engine AR within 10% of it. Also
-   where the engine's time goes: inside the executor hooks (layers, heads, syncs) vs the core's own
-   per-round bookkeeping (wall minus hooks), per round.
+   with mode="reduce-overhead", i.e. CUDA graphs), the goal being engine AR within 10% of it; engine
+   AR is timed both as is and with its layer calls as CUDA graphs (`graphs=True`, dexref/graphs.py).
+   Also where the engine's time goes: inside the executor hooks (layers, heads, syncs) vs the core's
+   own per-round bookkeeping (wall minus hooks), per round.
 2. `policies`: DEX / LayerSkip / adaptive wall-clock against AR on a synthetic trace's decisions: the
    model computes every layer and exit head the policy asks for (real work on the device), but each
    exit's token and confidence come from the trace (`TraceDriven`), so the policies decide as they
@@ -18,7 +19,7 @@ bfloat16 on one device, everything timed in the same process.
    set DEXREF_CACHE to the copy.
 
     python benchmarks/gpu_dexref.py [--shape llama2-7b] [--device cuda] [--dtype bfloat16] [--new 64] \
-        [--prompt-len 128] [--seqs 2] [--no-compile] [--divergence-model smollm2-135m] [--out F.json]
+        [--prompt-len 128] [--seqs 2] [--no-compile] [--graphs] [--divergence-model smollm2-135m] [--out F.json]
     python benchmarks/gpu_dexref.py --shape tiny --device cpu --new 8 --no-compile   # the CPU check (tests)
 
 Prints one JSON object (also to --out) and a table. Never a figure that was not measured in this run.
@@ -149,20 +150,28 @@ def trace_driven(trace, seq: int, vocab: int):
 
 # ---------------------------------------------------------------------------- sections
 
-def section_static(model, prompt, new, compile_mode, repeats) -> dict:
-    dev = model.device
-    ar = make_policy("ar", model.args.n_layer)
-    generate(model, [prompt[:8]], ar, 2)  # warm-up: the core compiles or loads its cache
+def timed_ar(model, prompt, new, repeats, graphs: bool) -> tuple[list, list, int, list]:
+    """(walls, hook seconds, rounds, tokens) of engine AR runs (the first one untimed: warm-up, and on a
+    GPU with graphs the captures)."""
+    dev, ar = model.device, make_policy("ar", model.args.n_layer)
+    generate(model, [prompt], ar, new, graphs=graphs)
     walls, hooks, rounds, outs = [], [], 0, None
     for _ in range(repeats):
         Timed.hooks_s = 0.0
         sync(dev)
         t = time.perf_counter()
-        run = generate(model, [prompt], ar, new, executor=Timed)
+        run = generate(model, [prompt], ar, new, executor=Timed, graphs=graphs)
         sync(dev)
         walls.append(time.perf_counter() - t)
         hooks.append(Timed.hooks_s)
         rounds, outs = int(run.counters()["rounds"]), run.outputs[0]
+    return walls, hooks, rounds, outs
+
+
+def section_static(model, prompt, new, compile_mode, repeats) -> dict:
+    dev = model.device
+    walls, hooks, rounds, outs = timed_ar(model, prompt, new, repeats, graphs=False)
+    gwalls, ghooks, _, gouts = timed_ar(model, prompt, new, repeats, graphs=True)
     dec = StaticDecoder(model, len(prompt) + new + 1, compile_mode)
     t = time.perf_counter()
     dec.generate(prompt, 4)  # compiles (and captures the CUDA graph) on the first calls
@@ -175,9 +184,14 @@ def section_static(model, prompt, new, compile_mode, repeats) -> dict:
         sync(dev)
         swalls.append(time.perf_counter() - t)
     w, sw, h = min(walls), min(swalls), hooks[int(np.argmin(walls))]
+    gw, gh = min(gwalls), ghooks[int(np.argmin(gwalls))]
     return {"new_tokens": new, "prompt_tokens": len(prompt), "repeats": repeats,
             "engine_ar_tokens_per_s": round(new / w, 2), "static_tokens_per_s": round(new / sw, 2),
-            "engine_vs_static": round(sw / w, 4), "static_compile": compile_mode or "eager",
+            "engine_vs_static": round(sw / w, 4),
+            "engine_ar_graphs_tokens_per_s": round(new / gw, 2), "engine_graphs_vs_static": round(sw / gw, 4),
+            "graphs": "cuda graphs" if dev.type == "cuda" else "static steps, eager",
+            "engine_graphs_hooks_s": round(gh, 4), "engine_graphs_core_s": round(gw - gh, 4),
+            "graphs_tokens_equal_engine_ar": gouts == outs, "static_compile": compile_mode or "eager",
             "static_compile_s": round(compile_s, 2),
             "engine_wall_s": round(w, 4), "engine_hooks_s": round(h, 4), "engine_core_s": round(w - h, 4),
             "rounds": rounds, "core_us_per_round": round((w - h) / max(rounds, 1) * 1e6, 1),
@@ -228,7 +242,7 @@ def section_policies(model, args) -> dict:
             Timed.hooks_s = 0.0
             sync(dev)
             t = time.perf_counter()
-            run = generate(model, [prompt], policy, len(want), executor=ex)
+            run = generate(model, [prompt], policy, len(want), executor=ex, graphs=args.graphs)
             sync(dev)
             wall += time.perf_counter() - t
             hooks += Timed.hooks_s
@@ -241,7 +255,7 @@ def section_policies(model, args) -> dict:
     for r in rows.values():
         r["speedup_vs_ar"] = round(ar / r["wall_s"], 4)
     return {"trace": {"model": trace.meta["model"], "seqs": trace.n_seqs, "tokens": trace.n_tokens,
-                      "L": trace.L, "synthetic": True}, "policies": rows}
+                      "L": trace.L, "synthetic": True}, "graphs": args.graphs, "policies": rows}
 
 
 def section_divergence(args, device) -> dict:
@@ -274,8 +288,10 @@ def section_divergence(args, device) -> dict:
 def table(res: dict) -> str:
     st, lines = res["static"], []
     lines.append(f"shape {res['shape']} {res['dtype']} on {res['device']}")
-    lines.append(f"  engine AR {st['engine_ar_tokens_per_s']:.1f} tok/s vs static ({st['static_compile']}) "
-                 f"{st['static_tokens_per_s']:.1f} tok/s -> engine/static {st['engine_vs_static']:.3f}; "
+    lines.append(f"  engine AR {st['engine_ar_tokens_per_s']:.1f} tok/s, with {st['graphs']} "
+                 f"{st['engine_ar_graphs_tokens_per_s']:.1f} tok/s, vs static ({st['static_compile']}) "
+                 f"{st['static_tokens_per_s']:.1f} tok/s -> engine/static {st['engine_vs_static']:.3f} "
+                 f"(graphs {st['engine_graphs_vs_static']:.3f}); "
                  f"core {st['core_us_per_round']:.0f} us/round, hooks {st['hooks_us_per_round']:.0f} us/round")
     lines.append(f"  {'policy':<26}{'wall s':>9}{'core s':>9}{'x AR':>8}{'rounds':>8}{'node-layers':>12}")
     for name, r in res["policies"]["policies"].items():
@@ -301,6 +317,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-compile", action="store_true", help="the static decoder eager (CPU checks)")
+    ap.add_argument("--graphs", action="store_true", help="the policies section with the engine's static steps "
+                                                          "(CUDA graphs on a GPU); AR is timed both ways regardless")
     ap.add_argument("--divergence-model", default="smollm2-135m", help="cached model, checkpoint folder, or none")
     ap.add_argument("--datasets", default="humaneval,mtbench,sharegpt")
     ap.add_argument("--divergence-prompts", type=int, default=2, help="per prompt set")

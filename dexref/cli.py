@@ -93,13 +93,14 @@ def cmd_generate(args) -> int:
     check_prompts(model, [ids], args.max_new_tokens)
     eos = model.args.eos if model.args.eos >= 0 else None
     run = generate(model, [ids], policy, args.max_new_tokens, sampling=sampling, eos=eos,
-                   batch_invariant=args.batch_invariant, jump=args.jump, heads=heads)
+                   batch_invariant=args.batch_invariant, jump=args.jump, heads=heads, graphs=args.graphs)
     # `tokens`: the generated ids; the lattice's own count of them is `committed`
     counters = run.counters()
     counters["committed"] = counters.pop("tokens")
     out = {"model": args.model, "heads": "lens" if heads is None else heads.heads,
            "policy": policy.name, **registry.policy_params(policy), "dtype": args.dtype, "device": str(model.device),
            "mode": "batch_invariant" if args.batch_invariant else "fast", "jump": args.jump,
+           "graphs": run.executor.static is not None,
            "sampling": sampling.meta(),
            "prompt_tokens": len(ids), **counters, "tokens": run.outputs[0],
            "text": tok.decode(run.outputs[0]), "wall_s": round(run.wall_s, 4),
@@ -314,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="compute every node alone, bitwise equal to AR (slower)")
     p.add_argument("--jump", action="store_true",
                    help="let the core take quiet stretches of rounds in one step (same layers computed, less bookkeeping)")
+    p.add_argument("--graphs", action="store_true",
+                   help="fast mode: layer calls as static-shape steps, captured as CUDA graphs on a GPU (eager elsewhere)")
     add_heads_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_generate)

@@ -86,7 +86,8 @@ class TorchExecutor:
 
     def __init__(self, model: Transformer, prompts: list[list[int]], capacity: int, max_new_tokens: int,
                  sampling: Sampling = Sampling(), batch_invariant: bool = False,
-                 record_depths: np.ndarray | None = None, observe=None, jump: bool = False, heads=None):
+                 record_depths: np.ndarray | None = None, observe=None, jump: bool = False, heads=None,
+                 graphs: bool = False):
         self.can_jump = jump
         self.heads = heads  # exits.Adapters (trained exit heads) or None (the logit lens)
         a = model.args
@@ -98,16 +99,19 @@ class TorchExecutor:
         self.t = torch.from_numpy if dev.type == "cpu" else (lambda arr: torch.from_numpy(arr).to(dev))
         S, M, L = len(prompts), capacity, a.n_layer
         T = max(len(p) for p in prompts) + max_new_tokens + M  # positions a node can take
+        static = graphs and S == 1 and not batch_invariant  # dexref/graphs.py: one sequence, fast mode
+        self.slots = M + 1 if static else M  # pool slots per sequence (static steps: + one scratch slot)
         self.k = torch.zeros(L, S, a.n_kv_head, T, a.head_dim, dtype=dt, device=dev)  # committed keys
         self.v = torch.zeros_like(self.k)  # committed values
-        self.pk = torch.zeros(L, S, M, a.n_kv_head, a.head_dim, dtype=dt, device=dev)  # node keys, by pool slot
+        self.pk = torch.zeros(L, S, self.slots, a.n_kv_head, a.head_dim, dtype=dt, device=dev)  # node keys, by pool slot
         self.pv = torch.zeros_like(self.pk)
-        self.h = torch.zeros(S, M, a.dim, dtype=dt, device=dev)  # node hidden state at its current depth
+        self.h = torch.zeros(S, self.slots, a.dim, dtype=dt, device=dev)  # node hidden state at its current depth
         self.n_cached = np.zeros(S, np.int64)  # committed positions in the cache
         self.positions = torch.arange(T, device=dev)
         self.free = [list(range(M - 1, -1, -1)) for _ in range(S)]  # free pool slots
         self.slot_of: list[dict[int, tuple[int, int]]] = [{} for _ in range(S)]  # node id -> (pool slot, pos)
-        self.slot_pos = np.zeros((S, M), np.int64)  # position of the node in each pool slot
+        self.slot_pos = np.zeros((S, self.slots), np.int64)  # position of the node in each pool slot
+        self.slot_pos_t = torch.zeros(self.slots, dtype=torch.int64, device=dev) if static else None
         self.scale = attn_scale(a)
         self.noise: dict[int, torch.Tensor] = {}  # position -> Gumbel noise
         # Recording: exit tokens and confidences of each pool slot at each recorded depth; committed
@@ -126,6 +130,11 @@ class TorchExecutor:
                 self.k[:, s, :, : len(p) - 1] = K
                 self.v[:, s, :, : len(p) - 1] = V
             self.n_cached[s] = len(p) - 1
+        self.static = None
+        if static:
+            from .graphs import StaticSteps
+
+            self.static = StaticSteps(self, capture=dev.type == "cuda")
 
     # ------------------------------------------------------------------ the Executor protocol
 
@@ -168,7 +177,9 @@ class TorchExecutor:
         # one call per layer: its rows share the weights
         for layer in (np.unique(depth) if len(depth) > 1 else depth).tolist():
             sel = depth == layer
-            if self.batch_invariant or sel.sum() == 1:  # a lone row: most of AR's and many of dex's
+            if self.static is not None and self.static.run(lat, layer, j[sel]):
+                pass
+            elif self.batch_invariant or sel.sum() == 1:  # a lone row: most of AR's and many of dex's
                 for si, ji in zip(s[sel].tolist(), j[sel].tolist()):
                     self._layer_one(lat, layer, si, ji)
             else:
@@ -179,7 +190,7 @@ class TorchExecutor:
 
     def read_exits(self, lat, s, j):
         p = lat.tag[s, j]
-        x = self.h.view(-1, self.h.shape[-1]).index_select(0, self.t(s * lat.M + p))  # [R, D]
+        x = self.h.view(-1, self.h.shape[-1]).index_select(0, self.t(s * self.slots + p))  # [R, D]
         d = lat.depth[s, j]
         if self.batch_invariant:
             logits = torch.cat([head(self.model, self._adapt(x[r: r + 1], d[r: r + 1])) for r in range(len(s))])
@@ -201,7 +212,7 @@ class TorchExecutor:
         """Layer `layer` of nodes (s, j), batched: rows attend to the committed cache + the pool
         entries of their ancestors and themselves."""
         m, D = self.model, self.h.shape[-1]
-        flat = self.t(s * lat.M + lat.tag[s, j])  # rows of the [S * M] node slots
+        flat = self.t(s * self.slots + lat.tag[s, j])  # rows of the [S * slots] node slots
         x = self.h.view(-1, D).index_select(0, flat)  # [R, D]
         q, k, v = qkv(m, layer, x, self.t(lat.pos[s, j]))  # [R, H, hd], [R, Hkv, hd] x2
         self.pk[layer].view(-1, *k.shape[1:]).index_copy_(0, flat, k)
@@ -268,7 +279,7 @@ class TorchExecutor:
         return out[::-1]
 
     def _visible(self, lat, si, js) -> np.ndarray:
-        vis = np.zeros((len(js), lat.M), bool)
+        vis = np.zeros((len(js), self.slots), bool)
         for r, ji in enumerate(js.tolist()):
             vis[r, self._path(lat, si, ji)] = True
         return vis
@@ -337,11 +348,12 @@ def check_prompts(model: Transformer, prompts: list[list[int]], max_new_tokens: 
 def generate(model: Transformer, prompts: list[list[int]], policy, max_new_tokens: int, *,
              sampling: Sampling = Sampling(), eos: int | None = None, batch_invariant: bool = False,
              record_depths=None, record_events: bool = False, observe=None, jump: bool = False,
-             heads=None, executor=None) -> Run:
+             heads=None, executor=None, graphs: bool = False) -> Run:
     """Decode every prompt (as S sequences of one lattice) under `policy`; the core does the rest.
     `heads`: trained exit heads (`exits.Adapters`) or None for the logit lens; with trained heads every
     exit depth but L must have one. `executor`: a TorchExecutor subclass (benchmarks: one that times
-    the hooks, or takes its decisions from a trace)."""
+    the hooks, or takes its decisions from a trace). `graphs`: the fast mode's layer calls as
+    static-shape steps, CUDA graphs on a GPU (dexref/graphs.py; one sequence only, else ignored)."""
     from .exits import check_exits
 
     check_prompts(model, prompts, max_new_tokens)
@@ -353,7 +365,7 @@ def generate(model: Transformer, prompts: list[list[int]], policy, max_new_token
     t0 = time.perf_counter()
     M = policy.buffer + 1
     ex = (executor or TorchExecutor)(model, prompts, M, max_new_tokens, sampling, batch_invariant, record_depths,
-                                     observe, jump, heads)
+                                     observe, jump, heads, graphs)
     lat = core.Lattice(L=model.args.n_layer, exits=policy.exits, capacity=M,
                        root_tokens=[p[-1] for p in prompts], root_pos=[len(p) - 1 for p in prompts],
                        max_tokens=np.full(len(prompts), max_new_tokens), eos=eos, record_events=record_events)

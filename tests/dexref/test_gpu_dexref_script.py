@@ -22,7 +22,7 @@ def test_gpu_script_runs_on_the_cpu_with_a_tiny_shape(tmp_path):
     ckpt = write_hf_checkpoint(tmp_path / "tiny-llama", hf_tiny_model("llama", 150, seed=3))
     out = tmp_path / "gpu.json"
     run = subprocess.run([sys.executable, "benchmarks/gpu_dexref.py", "--shape", "tiny", "--device", "cpu",
-                          "--new", "6", "--prompt-len", "12", "--repeats", "1", "--no-compile", "--threads", "1",
+                          "--new", "6", "--prompt-len", "12", "--repeats", "1", "--no-compile", "--graphs", "--threads", "1",
                           "--divergence-model", str(ckpt), "--datasets", "humaneval", "--divergence-prompts", "1",
                           "--divergence-new", "4", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
                          timeout=600)
@@ -31,7 +31,8 @@ def test_gpu_script_runs_on_the_cpu_with_a_tiny_shape(tmp_path):
     st = res["static"]
     assert res["device"] == "cpu" and res["dtype"] == "bfloat16" and st["static_compile"] == "eager"
     assert st["engine_ar_tokens_per_s"] > 0 and st["static_tokens_per_s"] > 0 and st["rounds"] == 6 * 4
-    assert 0 <= st["engine_core_s"] <= st["engine_wall_s"]
+    assert 0 <= st["engine_core_s"] <= st["engine_wall_s"] and st["engine_ar_graphs_tokens_per_s"] > 0
+    assert st["graphs"] == "static steps, eager" and res["policies"]["graphs"] is True
     pols = res["policies"]["policies"]
     assert set(pols) >= {"ar", "layerskip e=L/2 g=4", "adaptive tau=0.8 E=every4", "dex k=4 B=8 E=every4"}
     assert all(p["tokens"] == res["policies"]["trace"]["tokens"] for p in pols.values())
