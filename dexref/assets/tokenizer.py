@@ -74,6 +74,7 @@ class ByteTok:
     have no tokenizer; ids above 255 decode as <id>."""
     hf = False
     bos = None
+    tk = None  # no `tokenizers` tokenizer: viz labels nodes by id
 
     def encode(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
