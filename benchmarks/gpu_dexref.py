@@ -31,6 +31,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import numpy as np
 import torch
@@ -55,16 +56,18 @@ def sync(device) -> None:
 
 # ---------------------------------------------------------------------------- the static-cache decoder
 
-class StaticDecoder:
+class StaticDecoder(torch.nn.Module):
     """Greedy decoding of one sequence over a preallocated KV cache [L, Hkv, T, hd]: every step has the
-    same shapes (the position and the visibility mask are tensors), so it compiles to one graph."""
+    same shapes (the position and the visibility mask are tensors), so it compiles to one graph. The
+    cache is a module buffer, as in gpt-fast, so a compiled step may update it in place."""
 
     def __init__(self, model, T: int, compile_mode: str | None):
+        super().__init__()
         a, dev = model.args, model.device
         self.model, self.T = model, T
-        self.K = torch.zeros(a.n_layer, a.n_kv_head, T, a.head_dim, dtype=model.dtype, device=dev)
-        self.V = torch.zeros_like(self.K)
-        self.at = torch.arange(T, device=dev)
+        self.register_buffer("K", torch.zeros(a.n_layer, a.n_kv_head, T, a.head_dim, dtype=model.dtype, device=dev))
+        self.register_buffer("V", torch.zeros_like(self.K))
+        self.register_buffer("at", torch.arange(T, device=dev))
         self.step = self._step if compile_mode is None else torch.compile(self._step, mode=compile_mode, fullgraph=True)
 
     def _step(self, tok, pos):  # tok [1], pos [1] -> next token [1]
@@ -174,7 +177,13 @@ def section_static(model, prompt, new, compile_mode, repeats) -> dict:
     gwalls, ghooks, _, gouts = timed_ar(model, prompt, new, repeats, graphs=True)
     dec = StaticDecoder(model, len(prompt) + new + 1, compile_mode)
     t = time.perf_counter()
-    dec.generate(prompt, 4)  # compiles (and captures the CUDA graph) on the first calls
+    compile_error = None
+    try:
+        dec.generate(prompt, 4)  # compiles (and captures the CUDA graph) on the first calls
+    except Exception as e:  # a compiler failure must not cost the rest of the run: time it eager
+        compile_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        dec = StaticDecoder(model, len(prompt) + new + 1, None)
+        compile_mode = None
     compile_s = time.perf_counter() - t
     swalls, souts = [], None
     for _ in range(repeats):
@@ -187,7 +196,7 @@ def section_static(model, prompt, new, compile_mode, repeats) -> dict:
     gw, gh = min(gwalls), ghooks[int(np.argmin(gwalls))]
     return {"new_tokens": new, "prompt_tokens": len(prompt), "repeats": repeats,
             "engine_ar_tokens_per_s": round(new / w, 2), "static_tokens_per_s": round(new / sw, 2),
-            "engine_vs_static": round(sw / w, 4),
+            "engine_vs_static": round(sw / w, 4), "static_compile_error": compile_error,
             "engine_ar_graphs_tokens_per_s": round(new / gw, 2), "engine_graphs_vs_static": round(sw / gw, 4),
             "graphs": "cuda graphs" if dev.type == "cuda" else "static steps, eager",
             "engine_graphs_hooks_s": round(gh, 4), "engine_graphs_core_s": round(gw - gh, 4),
@@ -285,19 +294,33 @@ def section_divergence(args, device) -> dict:
     return out
 
 
+def guarded(section, *args) -> dict:
+    """A section's result, or {"error": ...} with its traceback on stderr: one failing section (a
+    compiler or driver problem on the GPU machine) must not cost the others, there is one run."""
+    try:
+        return section(*args)
+    except Exception as e:
+        traceback.print_exc()
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
 def table(res: dict) -> str:
-    st, lines = res["static"], []
-    lines.append(f"shape {res['shape']} {res['dtype']} on {res['device']}")
-    lines.append(f"  engine AR {st['engine_ar_tokens_per_s']:.1f} tok/s, with {st['graphs']} "
-                 f"{st['engine_ar_graphs_tokens_per_s']:.1f} tok/s, vs static ({st['static_compile']}) "
-                 f"{st['static_tokens_per_s']:.1f} tok/s -> engine/static {st['engine_vs_static']:.3f} "
-                 f"(graphs {st['engine_graphs_vs_static']:.3f}); "
-                 f"core {st['core_us_per_round']:.0f} us/round, hooks {st['hooks_us_per_round']:.0f} us/round")
-    lines.append(f"  {'policy':<26}{'wall s':>9}{'core s':>9}{'x AR':>8}{'rounds':>8}{'node-layers':>12}")
-    for name, r in res["policies"]["policies"].items():
-        lines.append(f"  {name:<26}{r['wall_s']:9.3f}{r['core_s']:9.3f}{r['speedup_vs_ar']:8.3f}"
-                     f"{r['rounds']:8d}{r['node_layers']:12d}")
-    dv = res["divergence"]
+    lines = [f"shape {res['shape']} {res['dtype']} on {res['device']} ({res['device_name']})"]
+    st, pol, dv = res["static"], res["policies"], res["divergence"]
+    for name, sec in (("static", st), ("policies", pol), ("divergence", dv)):
+        if "error" in sec:
+            lines.append(f"  {name}: FAILED {sec['error']}")
+    if "error" not in st:
+        lines.append(f"  engine AR {st['engine_ar_tokens_per_s']:.1f} tok/s, with {st['graphs']} "
+                     f"{st['engine_ar_graphs_tokens_per_s']:.1f} tok/s, vs static ({st['static_compile']}) "
+                     f"{st['static_tokens_per_s']:.1f} tok/s -> engine/static {st['engine_vs_static']:.3f} "
+                     f"(graphs {st['engine_graphs_vs_static']:.3f}); "
+                     f"core {st['core_us_per_round']:.0f} us/round, hooks {st['hooks_us_per_round']:.0f} us/round")
+    if "error" not in pol:
+        lines.append(f"  {'policy':<26}{'wall s':>9}{'core s':>9}{'x AR':>8}{'rounds':>8}{'node-layers':>12}")
+        for name, r in pol["policies"].items():
+            lines.append(f"  {name:<26}{r['wall_s']:9.3f}{r['core_s']:9.3f}{r['speedup_vs_ar']:8.3f}"
+                         f"{r['rounds']:8d}{r['node_layers']:12d}")
     if "skipped" in dv:
         lines.append(f"  divergence: skipped ({dv['skipped']})")
     for r in dv.get("rows", []):
@@ -341,12 +364,12 @@ def main() -> int:
            "params": sum(p.numel() for p in model.parameters()), "build_s": round(time.perf_counter() - t, 2)}
     prompt = torch.randint(0, a.vocab, (args.prompt_len,), generator=torch.Generator().manual_seed(args.seed)).tolist()
     mode = None if args.no_compile else ("reduce-overhead" if device.type == "cuda" else "default")
-    res["static"] = section_static(model, prompt, args.new, mode, args.repeats)
-    res["policies"] = section_policies(model, args)
+    res["static"] = guarded(section_static, model, prompt, args.new, mode, args.repeats)
+    res["policies"] = guarded(section_policies, model, args)
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    res["divergence"] = section_divergence(args, device)
+    res["divergence"] = guarded(section_divergence, args, device)
     print(json.dumps(res))
     print(table(res))
     if args.out:

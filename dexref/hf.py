@@ -44,32 +44,11 @@ def hf_config(a: ModelArgs):
         pad_token_id=a.eos if a.eos >= 0 else None)
 
 
-HF_NAMES = {"attention_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-            "attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
-            "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
-            "feed_forward.w1": "mlp.gate_proj", "feed_forward.w3": "mlp.up_proj", "feed_forward.w2": "mlp.down_proj"}
-
-
-GEMMA3_NAMES = {**HF_NAMES, "ffn_norm": "pre_feedforward_layernorm",
-                "post_attention_norm": "post_attention_layernorm", "post_ffn_norm": "post_feedforward_layernorm",
-                "attention.q_norm": "self_attn.q_norm", "attention.k_norm": "self_attn.k_norm"}
-
-
 def to_hf_state(state: dict, gemma: bool = False) -> dict:
     """Our (unfused) names -> Hugging Face Llama (or Gemma 3) names."""
-    names = GEMMA3_NAMES if gemma else HF_NAMES
-    out = {}
-    for key, w in state.items():
-        if key == "tok_embeddings.weight":
-            out["model.embed_tokens.weight"] = w
-        elif key == "norm.weight":
-            out["model.norm.weight"] = w
-        elif key == "output.weight":
-            out["lm_head.weight"] = w
-        else:
-            _, i, rest = key.split(".", 2)
-            out[f"model.layers.{i}.{names[rest[: -len('.weight')]]}.weight"] = w
-    return out
+    from .checkpoint import hf_name
+
+    return {hf_name(key, gemma): w for key, w in state.items()}
 
 
 def hf_model(a: ModelArgs, state: dict, dtype: torch.dtype = torch.float32, attn: str = "sdpa"):
