@@ -91,6 +91,11 @@ def _rope(cfg: dict, kind: str | None = None) -> tuple[float, dict | None]:
     return float(cfg.get("rope_theta", 10000.0)), sc
 
 
+def _ids(v) -> list[int]:
+    """Token ids from config: one id, a list of them, or none."""
+    return [int(x) for x in (v if isinstance(v, list) else [v]) if x is not None]
+
+
 def _int_id(v):
     """A token id from config (a list of ids: the first)."""
     if isinstance(v, list):
@@ -276,15 +281,16 @@ def load_checkpoint(folder: str | Path, dtype: torch.dtype, device) -> tuple[Tra
     cfg = read_json(cfg_path)
     a, arch = model_args(cfg, cfg_path)
     gen = folder / "generation_config.json"
-    if gen.is_file():  # the eos generate() stops at
-        eos = _int_id(read_json(gen).get("eos_token_id"))
-        a.eos = eos if eos >= 0 else a.eos
+    eos_ids = _ids(cfg.get("eos_token_id"))
+    if gen.is_file():  # the eos ids generate() stops at
+        eos_ids = _ids(read_json(gen).get("eos_token_id")) or eos_ids
+    a.eos = eos_ids[0] if eos_ids else -1  # the core stops at one id: `load_model` may pick another of them
     files, where = weight_files(folder)
     model = empty_model(a, dtype)
     _fill(model, files, where, arch == "Gemma3ForCausalLM", dtype, device)
     model.set_tables(dtype)
     model.eval().requires_grad_(False)
-    meta = {"name": folder.name, "source": str(folder.resolve()), "architecture": arch,
+    meta = {"name": folder.name, "source": str(folder.resolve()), "architecture": arch, "eos_ids": eos_ids,
             "config_sha256": hashlib.sha256(cfg_path.read_bytes()).hexdigest(), "args": a.to_dict()}
     return model, meta
 

@@ -92,7 +92,13 @@ def load_model(cfg: ModelConfig):
             "name": cfg.model, "source": cfg.model, "args": a.to_dict()}
     if is_checkpoint(cfg.model):
         model, meta = load_checkpoint(cfg.model, dtype, device)
-        return model, Tok(cfg.model, hf=True), meta
+        tok = Tok(cfg.model, hf=True)
+        # of several EOS ids the core stops at one: the tokenizer's eos token where it is one of them
+        # (Llama 3 Instruct: <|eot_id|>, which ends a chat turn), else the first
+        eos = tok.tk.token_to_id(tok.specials.get("eos_token") or "")
+        if eos is not None and eos in meta["eos_ids"]:
+            model.args.eos = eos
+        return model, tok, meta
     folder = require_model(cfg.model)
     try:
         model, meta = load_cached(folder, dtype, device)

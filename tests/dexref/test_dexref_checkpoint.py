@@ -212,3 +212,17 @@ def test_record_from_a_checkpoint_prices_in_dexsim_from_meta_arch(checkpoints, t
     assert listed.returncode == 0, listed.stderr
     spec = json.loads(listed.stdout)["qwen2"]
     assert spec["layers"] == c.num_hidden_layers and spec["bytes_per_weight"] == 2 and "llama2-7b" in json.loads(listed.stdout)
+
+
+def test_several_eos_ids_stop_at_the_tokenizers_eos(checkpoints, tmp_path):
+    """generation_config.json's EOS list: the core stops at one id, the tokenizer's eos token when it
+    is in the list (as Llama 3 Instruct's <|eot_id|>), else the first."""
+    from dexref.load import ModelConfig, load_model
+
+    folder = _copy(checkpoints["llama"][0], tmp_path / "eos")
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 2]}))
+    model, tok, meta = load_model(ModelConfig(model=str(folder), dtype="float64", device="cpu"))
+    assert meta["eos_ids"] == [7, 2] and model.args.eos == 2  # tokenizer_config: eos_token "</s>" = 2
+    (folder / "generation_config.json").write_text(json.dumps({"eos_token_id": [7, 9]}))
+    model, _, _ = load_model(ModelConfig(model=str(folder), dtype="float64", device="cpu"))
+    assert model.args.eos == 7
