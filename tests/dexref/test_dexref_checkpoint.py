@@ -145,9 +145,11 @@ def test_bad_checkpoints_are_one_line(checkpoints, tmp_path):
         load_checkpoint(bad, torch.float32, "cpu")
 
 
-def test_cli_generate_and_record_from_a_checkpoint(checkpoints, tmp_path):
-    """`generate --model PATH` decodes the checkpoint's tokens; a bad one is one line and exit 2;
-    `record --model PATH` writes the checkpoint's own arch."""
+def test_cli_generate_from_a_checkpoint(checkpoints, tmp_path, capsys):
+    """`generate --model PATH` decodes the checkpoint's tokens; a bad checkpoint or device is one line
+    and exit 2."""
+    from dexref.cli import main
+
     folder, hf = checkpoints["mistral"]
     run = subprocess.run([sys.executable, "-m", "dexref", "generate", "--model", str(folder), "--prompt", "abc de",
                           "--max-new-tokens", "6", "--dtype", "float64", "--device", "cpu", "--json"],
@@ -158,13 +160,12 @@ def test_cli_generate_and_record_from_a_checkpoint(checkpoints, tmp_path):
     assert out["tokens"] == hf_greedy(hf, [1, 3, 4, 5, 29, 6, 7], 6, eos=2)
     bad = _copy(folder, tmp_path / "bad")
     (bad / "config.json").write_text("[]")
-    run = subprocess.run([sys.executable, "-m", "dexref", "generate", "--model", str(bad), "--prompt", "a"],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert run.returncode == 2 and run.stderr.count("\n") == 1 and "config.json: not a JSON object" in run.stderr
-    for dev in ("cuda:7", "gpu"):
-        run = subprocess.run([sys.executable, "-m", "dexref", "generate", "--model", str(folder), "--prompt", "a",
-                              "--device", dev], capture_output=True, text=True, cwd=ROOT)
-        assert run.returncode == 2 and run.stderr.count("\n") == 1 and "--device" in run.stderr, run.stderr
+    for argv, says in ((["--model", str(bad)], "config.json: not a JSON object"),
+                       (["--model", str(folder), "--device", "cuda:7"], "--device cuda:7"),
+                       (["--model", str(folder), "--device", "gpu"], "--device 'gpu'")):
+        assert main(["generate", "--prompt", "a", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says in err, err
 
 
 def test_random_catalog_shape():
