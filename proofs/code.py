@@ -188,9 +188,11 @@ def check_replay(trace: Trace, policy, seed: int = 0, z3: bool = True) -> tuple[
 
 
 def _steps(events) -> list:
-    """A sequence's events cut into core steps: each step starts with its advances."""
-    starts = [i for i in range(len(events)) if int(events[i]["kind"]) == core.ADVANCE
-              and (i == 0 or int(events[i - 1]["kind"]) != core.ADVANCE)]
+    """A sequence's events cut into core steps: each step starts with its advances, logged with the
+    step's first round (a step without exits follows the previous step's advances directly)."""
+    kind, rnd = events["kind"], events["round"]
+    starts = [i for i in range(len(events)) if kind[i] == core.ADVANCE
+              and (i == 0 or kind[i - 1] != core.ADVANCE or rnd[i] != rnd[i - 1])]
     if events.size and (not starts or starts[0] != 0):
         raise cf.ConformanceError(f"events before the first advance: {events[0]}")
     return [events[a:b] for a, b in zip(starts, starts[1:] + [len(events)])]

@@ -232,8 +232,8 @@ def moves_of_round(events, sources: list | None = None) -> list[tuple]:
         e = events[i]
         k = int(e["kind"])
         if k == core.ADVANCE:
-            group = []
-            while i < n and int(events[i]["kind"]) == core.ADVANCE:
+            group = []  # one step's advances (they share its first round)
+            while i < n and int(events[i]["kind"]) == core.ADVANCE and events[i]["round"] == e["round"]:
                 group.append(events[i])
                 i += 1
             for r in range(max(int(g["n"]) for g in group)):  # a jump: layer by layer, slot order
