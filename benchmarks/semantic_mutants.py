@@ -12,7 +12,7 @@ other groups never import dexsim, so a core mutant cannot change their verdicts)
 `killed` (a test failed; the test and its error type are recorded: every kill should be an
 assertion, not a crash), `survived`, `crashed`, `timeout`; `equivalent` mutants (argued in README)
 are run all the same, and surviving is what they must do. Results go to a JSON file and a markdown
-table, written after every mutant (a killed run keeps what it had).
+table, written after every mutant (a killed run keeps what it had; a new run resumes from them).
 """
 from __future__ import annotations
 
@@ -137,17 +137,19 @@ def _plant(work: str, path: str, old: str, new: str) -> None:
 
 def _env(work: str) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "NUMBA_DISABLE_JIT")}
-    return {**env, "PYTHONPATH": work, "HYPOTHESIS_PROFILE": "ci", "PYTHONDONTWRITEBYTECODE": "1"}
+    return {**env, "PYTHONPATH": work, "HYPOTHESIS_PROFILE": "ci", "PYTHONDONTWRITEBYTECODE": "1",
+            "COLUMNS": "500"}  # wide enough that pytest's summary line keeps the error's type
 
 
 PROOFS_CODE = """
 import sys
 from proofs.run import _call
 from proofs.code import jobs
-bad = [r for fn, args in jobs() for r in _call(("code", fn, args)) if not r.ok]
-for r in bad:
-    print("FAIL", r.name)
-sys.exit(1 if bad else 0)
+for fn, args in jobs():  # up to the first failing run: which clause a mutant breaks, not how often
+    bad = [r for r in _call(("code", fn, args)) if not r.ok]
+    if bad:
+        print("FAIL", bad[0].name)
+        sys.exit(1)
 """
 
 
@@ -180,7 +182,6 @@ def run_one(m) -> dict:
         fails = [ln[5:] for ln in r.stdout.splitlines() if ln.startswith("FAIL ")]
         out["proofs"] = "killed" if r.returncode else "survived"
         out["proofs_first"] = fails[0] if fails else (None if r.returncode == 0 else r.stderr[-500:])
-        out["proofs_failures"] = len(fails)
     except subprocess.TimeoutExpired:
         out["proofs"] = "timeout"
     out["proofs_s"] = round(time.perf_counter() - t, 1)
@@ -205,6 +206,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     ap.add_argument("--only", default=None, help="comma-separated mutant names")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "semantic_mutants.json"))
+    ap.add_argument("--fresh", action="store_true", help="judge every mutant again (default: resume from --out)")
     args = ap.parse_args()
     if args.jobs < 1:
         sys.exit("--jobs: must be >= 1")
@@ -218,6 +220,10 @@ def main():
         chosen = [m for m in MUTANTS if m[0] in want]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     rows = []
+    if os.path.exists(args.out) and not args.fresh:  # resume: keep the verdicts already recorded
+        with open(args.out) as fh:
+            rows = [r for r in json.load(fh) if r["name"] in {m[0] for m in chosen}]
+        chosen = [m for m in chosen if m[0] not in {r["name"] for r in rows}]
     t = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         for row in pool.map(run_one, chosen):
