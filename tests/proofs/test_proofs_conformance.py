@@ -137,3 +137,15 @@ def test_ar_policy_is_one_node_at_a_time():
     M = ConcreteModel(3, [3], (2, 1), vocab=3)
     r = cf.run(AR(3), [M], [5])
     assert r.moves == 5 * (3 + 1 + 1) + 1  # per token: 3 advances, 1 exit read, 1 commit; then stop
+
+
+def test_the_code_check_names_the_clause_a_rogue_core_breaks():
+    """`python -m proofs`' code group on a replay whose policy breaks the dependency rule: the move is
+    refused and the guard conjunct it breaks is named."""
+    from proofs.code import check_replay, random_trace
+    trace = random_trace(3)
+    check_replay(trace, make_policy("dex", trace.L, exits=trace.depths, explorers=2, buffer=2, priority="deep"))
+    with pytest.raises(cf.ConformanceError, match="guard clause broken: dependency"):
+        rogue = BreaksDependency(trace.L)
+        rogue.exits = trace.depths
+        check_replay(trace, rogue)
