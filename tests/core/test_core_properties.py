@@ -209,3 +209,15 @@ def test_off_path_reads_never_match_and_look_like_the_true_paths():
     n = len(u)
     ks = max((np.arange(1, n + 1) / n - u).max(), (u - np.arange(n) / n).max())
     assert ks < np.sqrt(np.log(2 / 1e-6) / (2 * n)), f"off-path confidences are not the trace's (KS {ks:.3f})"
+
+
+def test_a_spawn_past_the_buffer_raises_inside_the_compiled_code():
+    """numba does not bounds-check: a buffer the caller did not enforce (here B larger than the arrays
+    hold) must stop with an assertion, not write past the node arrays."""
+    lat = core.Lattice(L=4, exits=np.arange(1, 5), capacity=2, root_tokens=[0], root_pos=[3], max_tokens=[4])
+    lat.expand(None, np.array([0]), np.array([0]), np.array([1]), 1)
+    assert lat.n[0] == 2
+    with pytest.raises(AssertionError, match="buffer"):
+        lat.expand(None, np.array([0]), np.array([1]), np.array([2]), 5)
+    with pytest.raises(AssertionError, match="buffer"):
+        lat.expand(None, np.array([0]), np.array([1]), np.array([2]), 3)
