@@ -94,13 +94,20 @@ MUTANTS = [
     ("commit_below_L", LAT, "while st.active[s] and st.depth[s, 0] == st.L:",
      "while st.active[s] and st.depth[s, 0] >= st.L - 1:", "the anchor commits one layer early", None),
     ("align_holds_too_long", POL, "return 1 if left_out else max(rest - dmin, 1)", "return max(rest - dmin, 1)",
-     "lowest-layer-first jumps while a node at the lowest layer is left out", None),
+     "lowest-layer-first jumps while a node at the lowest layer is left out",
+     "a node left out at the lowest layer dmin sets `rest` to dmin, so max(rest - dmin, 1) is 1: the same hold"),
     ("eager_holds_too_long", POL, "return FOREVER if moved == everyone else 1\n    return _legal_greedy",
-     "return FOREVER\n    return _legal_greedy", "eager jumps although some movable node was left out", None),
+     "return FOREVER\n    return _legal_greedy", "eager jumps although some movable node was left out",
+     "eager's choice is the first k nodes below L in slot order; in a jump no chosen node passes an exit depth "
+     "(L is one) and the others do not move, so every round of it would choose the same nodes: the jump is "
+     "the rounds stepping would take"),
     ("adaptive_guesses_again", POL, "return not st.guessed[s, j] and (", "return (",
      "adaptive guesses at every confident exit, not once per node", None),
     ("layerskip_guesses_deeper", POL, "return d == exit and exit < L", "return d >= exit and exit < L",
-     "layerskip also guesses past its exit depth", None),
+     "layerskip also guesses past its exit depth",
+     "its exits are {e, L}, so the new guesses are at L; drafting stops only when the buffer is full, and then "
+     "the anchor and every draft move layer-aligned to L together: a branch reads L with B branches live "
+     "(LayerSkip never evicts) and its guess is refused; with B = 0 there are no branches"),
     ("replay_jumps_past_exits", REP, "m = min(m, st.next_exit[st.depth[s, j]] - st.depth[s, j])",
      "m = min(m, st.L - st.depth[s, j])", "the compiled replay jumps to L, past exit depths", None),
     ("replay_wants_unstored_conf", REP, "if wants_node(st, s, j, tok, st.exit_conf[s, j], pol):",
@@ -202,12 +209,22 @@ def table(rows) -> str:
     return "\n".join(lines)
 
 
+def save(rows, out: str) -> None:
+    """The verdicts as JSON (replaced atomically) and as a markdown table beside it."""
+    with open(out + ".tmp", "w") as fh:
+        json.dump(rows, fh, indent=1)
+    os.replace(out + ".tmp", out)
+    with open(os.path.splitext(out)[0] + ".md", "w") as fh:
+        fh.write(table(rows) + "\n")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=1, help="mutants run at once (default 1)")
     ap.add_argument("--only", default=None, help="comma-separated mutant names")
     ap.add_argument("--out", default=os.path.join(ROOT, "results", "semantic_mutants.json"))
-    ap.add_argument("--fresh", action="store_true", help="judge every mutant again (default: resume from --out)")
+    ap.add_argument("--fresh", action="store_true", help="judge the chosen mutants again (default: keep the "
+                    "verdicts already in --out)")
     args = ap.parse_args()
     if args.jobs < 1:
         sys.exit("--jobs: must be >= 1")
@@ -220,22 +237,24 @@ def main():
             sys.exit(2)
         chosen = [m for m in MUTANTS if m[0] in want]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    rows = []
-    if os.path.exists(args.out) and not args.fresh:  # resume: keep the verdicts already recorded
+    rows = []  # resume: keep the verdicts recorded (those of the chosen mutants too, unless --fresh)
+    if os.path.exists(args.out):
         with open(args.out) as fh:
-            rows = [r for r in json.load(fh) if r["name"] in {m[0] for m in chosen}]
+            known = {m[0]: m for m in MUTANTS}
+            redo = {m[0] for m in chosen} if args.fresh else set()
+            rows = [r for r in json.load(fh) if r["name"] in known and r["name"] not in redo]
+        for r in rows:  # what a mutant is and whether it is equivalent: as this file says now
+            r["what"], r["equivalent"] = known[r["name"]][4], known[r["name"]][5]
         chosen = [m for m in chosen if m[0] not in {r["name"] for r in rows}]
+    order = {m[0]: i for i, m in enumerate(MUTANTS)}
     t = time.perf_counter()
     with ThreadPoolExecutor(args.jobs) as pool:
         for row in pool.map(run_one, chosen):
-            rows.append(row)
+            rows = sorted(rows + [row], key=lambda r: order[r["name"]])
             print(f"{row['name']:<32} {row['verdict']:<9} {row.get('killed_by') or '-'}  proofs: {row.get('proofs')}"
                   f"  ({row['suite_s']}s + {row['proofs_s']}s)", flush=True)
-            with open(args.out + ".tmp", "w") as fh:
-                json.dump(rows, fh, indent=1)
-            os.replace(args.out + ".tmp", args.out)
-            with open(os.path.splitext(args.out)[0] + ".md", "w") as fh:
-                fh.write(table(rows) + "\n")
+            save(rows, args.out)
+    save(rows, args.out)
     bad = [r for r in rows if (r["verdict"] != "killed") != bool(r.get("equivalent"))]
     print(f"{len(rows)} mutants, {sum(r['verdict'] == 'killed' for r in rows)} killed by an assertion or error, "
           f"{sum(r.get('proofs') == 'killed' for r in rows)} by python -m proofs, "
