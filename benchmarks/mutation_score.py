@@ -2,8 +2,8 @@
 
     python benchmarks/mutation_score.py [--max-children N] [--sample N] [--seed S]
 
-Runs mutmut (configured in pyproject.toml [tool.mutmut]: dexsim/core/lattice.py and
-dexsim/core/policies.py against the core's suites: tests/core/ and the cost properties) with the
+Runs mutmut (configured in pyproject.toml [tool.mutmut]: the whole core, dexsim/core/ and the replay
+executor, against the core's suites: tests/core/, the proofs' conformance and the cost properties) with the
 Hypothesis `mutation` profile (few, derandomized examples), then
 prints the score and lists the surviving mutants (`mutmut show NAME` in .mutation/ prints one). All
 mutants take hours on two cores; `--sample N` runs a uniform random sample of N of them (a score

@@ -55,6 +55,10 @@ Guards against a proof that cannot fail:
   next to the rules read concretely; every move it makes must be allowed by the rules, every clause
   must hold after it, its state must equal the rules' after every round; recorded moves are checked
   against the Z3 reading of the rules too. This is what makes the proofs about *that* code.
+- the code itself (`code`, group `code` of `python -m proofs`): the real core runs every policy, on
+  the bundled traces (the compiled replay loop), on random traces and with the conformance executor,
+  several sequences side by side, and every transition it records is checked against the rules of
+  `fsm` (guard conjuncts and invariant clauses named when one breaks), a sample of them in Z3 too.
 
 Not covered:
 - Floating point (DESIGN.md section 8). The proofs treat blk, kvp, head as mathematical functions:

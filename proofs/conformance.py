@@ -185,7 +185,9 @@ class Mirror:
         env = self._env(ids)
         step = fsm.transition(env, S, kind, list(args))
         if not step.guard:
-            raise ConformanceError(f"the core did {kind}{args}, which the rules do not allow here:\n{self.describe()}")
+            broken = ", ".join(name for name, ok in (step.parts or {}).items() if not ok)
+            raise ConformanceError(f"the core did {kind}{args}, which the rules do not allow here (guard "
+                                   f"clause broken: {broken}):\n{self.describe()}")
         post = Concrete.of(step.post, ids, self.L)
         if kind in STEP_PROPERTIES:
             thm, title, prop = STEP_PROPERTIES[kind]
@@ -221,20 +223,24 @@ class Mirror:
 
 # ----------------------------------------------------------------------------- cutting the log
 
-def moves_of_round(events) -> list[tuple]:
-    """The rules' moves of one round of one sequence, from its events in log order."""
+def moves_of_round(events, sources: list | None = None) -> list[tuple]:
+    """The rules' moves of one round of one sequence, from its events in log order. `sources`, if
+    given, receives each move's event (and, for an advance, the layer it computes)."""
     out, i, n = [], 0, len(events)
+    src = [] if sources is None else sources
     while i < n:
         e = events[i]
         k = int(e["kind"])
         if k == core.ADVANCE:
-            group = []
-            while i < n and int(events[i]["kind"]) == core.ADVANCE:
+            group = []  # one step's advances (they share its first round)
+            while i < n and int(events[i]["kind"]) == core.ADVANCE and events[i]["round"] == e["round"]:
                 group.append(events[i])
                 i += 1
             for r in range(max(int(g["n"]) for g in group)):  # a jump: layer by layer, slot order
                 out += [("advance", int(g["node"])) for g in group if int(g["n"]) > r]
+                src += [(g, int(g["depth"]) + r + 1) for g in group if int(g["n"]) > r]
             continue
+        src.append((e, None))
         if k == core.EXIT:
             out.append(("read_exit", int(e["node"]), ("token", int(e["token"]))))
         elif k == core.SPAWN:
@@ -243,18 +249,22 @@ def moves_of_round(events) -> list[tuple]:
             out.append(("discard", int(e["node"])))  # an eviction, or a stop (resolved by the caller)
         elif k == core.COMMIT:
             y, j, spawned, gone = int(e["token"]), i + 1, None, []
-            while int(events[j]["kind"]) != core.COLLAPSE:
+            while j < n and int(events[j]["kind"]) != core.COLLAPSE:
                 if int(events[j]["kind"]) == core.SPAWN:
                     spawned = int(events[j]["node"])
                 elif int(events[j]["kind"]) == core.DISCARD:
                     gone.append(int(events[j]["node"]))
                 j += 1
+            if j == n:
+                raise ConformanceError(f"a commit without its collapse: {e}")
             new_anchor = int(events[j]["node"])
             if spawned is None:
                 out.append(("commit_match", new_anchor, ("token", y), ("gone", gone)))
             else:
                 out.append(("commit_fallback", spawned, ("token", y), ("gone", gone)))
             i = j
+        else:
+            raise ConformanceError(f"an event the rules have no move for here: {e}")
         i += 1
     return out
 
@@ -305,14 +315,19 @@ def run(policy, models: list[ConcreteModel], max_tokens, *, eos=None, can_jump=T
     return Run(lat, models, mirrors, ex, moves)
 
 
-def _replay_round(mir: Mirror, events, stopped: bool, record: bool) -> int:
-    moves = moves_of_round(events)
+def _replay_round(mir: Mirror, events, stopped: bool, record: bool, check=None) -> int:
+    """Apply one round's moves to the mirror; `check(mir, move, (event, layer))`, if given, is called
+    before each move (to compare what the event recorded with the mirror's state)."""
+    sources = []
+    moves = moves_of_round(events, sources)
     # discards after the round's last commit are the stop; the others are evictions
     last_commit = max([i for i, m in enumerate(moves) if m[0].startswith("commit")], default=-1)
     count = 0
     stop_done = False
     for i, m in enumerate(moves):
         kind = m[0]
+        if check is not None:
+            check(mir, m, sources[i])
         if kind == "discard":
             if stopped and i > last_commit:
                 if not stop_done:

@@ -142,6 +142,12 @@ class Step:
     guard: object
     post: State
     facts: list  # ground instances of the model's definitions at the points this step computes
+    parts: dict = None  # the guard's conjuncts by name (guard = their And): what a refused move broke
+
+
+def _guard(o, **parts):
+    """A guard as the And of named conjuncts, and the conjuncts (for naming the one a move breaks)."""
+    return o.And(*parts.values()), parts
 
 
 # ---------------------------------------------------------------------------------------------- init
@@ -173,20 +179,21 @@ def advance(env: Env, S: State, v) -> Step:
         dep = o.Or(v == S.a, S.depth(S.par(v)) >= l - 1)
     else:
         dep = o.Or(v == S.a, S.depth(S.par(v)) >= l)
-    guard = o.And(S.active, S.live(v), S.depth(v) < M.L, dep)
+    guard, parts = _guard(o, active=S.active, live=S.live(v), below_L=S.depth(v) < M.L,
+                          dependency=dep)
     h = S.st(v, l - 1)
     cache = M.push(o.If(v == S.a, S.base(l), S.cx(S.par(v), l)), M.kvp(l, h))
     new = M.blk(l, h, cache)
     post = S.but(depth=lambda x: o.If(x == v, l, S.depth(x)),
                  st=lambda x, m: o.If(o.And(x == v, m == l), new, S.st(x, m)),
                  cx=lambda x, m: o.If(o.And(x == v, m == l), cache, S.cx(x, m)))
-    return Step("advance", guard, post, M.unfold_state(l, S.path(v)))
+    return Step("advance", guard, post, M.unfold_state(l, S.path(v)), parts)
 
 
 def read_exit(env: Env, S: State, v) -> Step:
     M, o, mut = env.M, env.o, env.mut
     d = S.depth(v)
-    guard = o.And(S.active, S.live(v), d >= 1, M.E(d))
+    guard, parts = _guard(o, active=S.active, live=S.live(v), computed=d >= 1, exit_depth=M.E(d))
     h = S.st(v, d - 1) if "exit_stale_state" in mut else S.st(v, d)
     key = S.pos(v) + 1  # the position of the token this exit chooses
     if "gumbel_counter" in mut:
@@ -196,14 +203,14 @@ def read_exit(env: Env, S: State, v) -> Step:
     t = M.read(d, h, key)
     post = S.but(xd=lambda x: o.If(x == v, d, S.xd(x)), xtok=lambda x: o.If(x == v, t, S.xtok(x)),
                  draws=S.draws + 1)
-    return Step("read_exit", guard, post, [])
+    return Step("read_exit", guard, post, [], parts)
 
 
 def expand(env: Env, S: State, v, t, c, donor=None) -> Step:
     M, o, mut = env.M, env.o, env.mut
     no_dup = env.forall_nodes(lambda u: o.Implies(o.And(S.live(u), u != S.a, S.par(u) == v), S.tok(u) != t),
                               lambda u: [S.par(u)])
-    guard = o.And(S.active, S.live(v), o.Not(S.live(c)), no_dup)
+    guard, parts = _guard(o, active=S.active, live=S.live(v), fresh_id=o.Not(S.live(c)), no_dup_sibling=no_dup)
     pos, path = S.pos(v) + 1, o.snoc(S.path(v), t)
     st0 = M.emb(t, pos)
     if "reuse_discarded" in mut:
@@ -228,15 +235,15 @@ def expand(env: Env, S: State, v, t, c, donor=None) -> Step:
         anc=lambda x, y: o.If(y == c, o.Or(x == c, o.And(x != c, S.anc(x, v))), o.And(x != c, S.anc(x, y))),
         ch=lambda x, y: o.If(y == c, o.If(x == v, c, S.ch(x, v)), S.ch(x, y)),
     )
-    return Step("expand", guard, post, M.unfold_state(0, path))
+    return Step("expand", guard, post, M.unfold_state(0, path), parts)
 
 
 def evict(env: Env, S: State, w) -> Step:
     o, mut = env.o, env.mut
     leaf = True if "evict_nonleaf" in mut else env.forall_nodes(
         lambda u: o.Implies(o.And(S.live(u), u != S.a), S.par(u) != w), lambda u: [S.par(u)])
-    guard = o.And(S.active, S.live(w), w != S.a, leaf)
-    return Step("evict", guard, S.but(live=lambda x: o.And(x != w, S.live(x))), [])
+    guard, parts = _guard(o, active=S.active, live=S.live(w), not_anchor=w != S.a, leaf=leaf)
+    return Step("evict", guard, S.but(live=lambda x: o.And(x != w, S.live(x))), [], parts)
 
 
 def _ready(env: Env, S: State):
@@ -259,14 +266,14 @@ def commit_match(env: Env, S: State, cy) -> Step:
     a, y = S.a, S.xtok(S.a)
     child = o.And(S.live(cy), cy != a, S.par(cy) == a)
     match = child if "keep_first_child" in mut else o.And(child, S.tok(cy) == y)
-    guard = o.And(S.active, _ready(env, S), match)
+    guard, parts = _guard(o, active=S.active, anchor_read_L=_ready(env, S), matching_child=match)
     if "keep_nonmatching" in mut:
         keep = lambda x: o.Or(S.anc(cy, x), o.And(x != a, S.par(x) == a))  # noqa: E731
     else:
         keep = lambda x: S.anc(cy, x)  # noqa: E731  the core: cy and its subtree, by parent closure
     post = S.but(C=o.snoc(S.C, y), k=S.k + 1, a=cy, base=_committed_cache(env, S, cy),
                  live=lambda x: o.And(S.live(x), keep(x)))
-    return Step("commit_match", guard, post, M.unfold_ar(S.k + 1))
+    return Step("commit_match", guard, post, M.unfold_ar(S.k + 1), parts)
 
 
 def commit_fallback(env: Env, S: State, f) -> Step:
@@ -274,7 +281,8 @@ def commit_fallback(env: Env, S: State, f) -> Step:
     a, y = S.a, S.xtok(S.a)
     no_match = env.forall_nodes(lambda u: o.Implies(o.And(S.live(u), u != a, S.par(u) == a), S.tok(u) != y),
                                 lambda u: [S.par(u)])
-    guard = o.And(S.active, _ready(env, S), no_match, o.Not(S.live(f)))
+    guard, parts = _guard(o, active=S.active, anchor_read_L=_ready(env, S), no_matching_child=no_match,
+                          fresh_id=o.Not(S.live(f)))
     C2 = o.snoc(S.C, y)
     pos = S.pos(a) if "fallback_same_pos" in mut else S.pos(a) + 1
     st0 = M.emb(y, pos)
@@ -289,11 +297,11 @@ def commit_fallback(env: Env, S: State, f) -> Step:
         st=lambda x, m: o.If(o.And(x == f, m == 0), st0, S.st(x, m)),
         anc=lambda x, z: o.Or(o.And(x == f, z == f), S.anc(x, z)),
     )
-    return Step("commit_fallback", guard, post, M.unfold_ar(S.k + 1) + M.unfold_state(0, C2))
+    return Step("commit_fallback", guard, post, M.unfold_ar(S.k + 1) + M.unfold_state(0, C2), parts)
 
 
 def stop(env: Env, S: State) -> Step:
-    return Step("stop", S.active, S.but(active=False, live=lambda x: False), [])
+    return Step("stop", S.active, S.but(active=False, live=lambda x: False), [], {"active": S.active})
 
 
 # name -> (function, parameter sorts); "node" and "token" parameters

@@ -45,7 +45,8 @@ class Result:
     @property
     def ok(self) -> bool:
         """The expected verdict: proved where unsat was expected, sat/refuted where sat was."""
-        return (self.expect, self.verdict) in (("unsat", "proved"), ("sat", "sat"), ("sat", "refuted"))
+        return (self.expect, self.verdict) in (("unsat", "proved"), ("sat", "sat"), ("sat", "refuted"),
+                                               ("conforms", "conforms"))
 
     def line(self) -> str:
         return f"{self.verdict:<14} {self.seconds:6.2f}s  {self.group:<16} {self.name}"

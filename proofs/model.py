@@ -246,7 +246,10 @@ class ConcreteModel:
             i = self.index[key] = len(self.terms)
             self.terms.append(key)
             op, *args = key
-            kids = [self.shash[a] if op in _TERM_ARGS and k in _TERM_ARGS[op] else a for k, a in enumerate(args)]
+            # a term argument that is no term (NO_VALUE: a layer never computed, as a move the rules refuse
+            # reads) hashes as itself, so the move's guard is what reports it
+            kids = [self.shash[a] if op in _TERM_ARGS and k in _TERM_ARGS[op] and 0 <= a < len(self.shash) else a
+                    for k, a in enumerate(args)]
             self.shash.append(hash((_OPCODE[op], *kids)))
         return i
 

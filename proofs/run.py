@@ -50,7 +50,13 @@ def jobs() -> list[tuple]:
     out += [("vacuity", _vacuity, (s,)) for s in SAMPLINGS]
     out += [("mutants", _mutant, (m,)) for m in MUTANTS]
     out += [("bmc", _bounded, ())]
+    out += [("code", fn, args) for fn, args in _code_jobs()]
     return out
+
+
+def _code_jobs() -> list[tuple]:
+    from .code import jobs as code_jobs
+    return code_jobs()
 
 
 def _call(job):

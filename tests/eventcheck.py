@@ -5,7 +5,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from dexsim.core.lattice import ADVANCE, COMMIT, DISCARD, EXIT, SPAWN
+from dexsim.core.lattice import ADVANCE, COLLAPSE, COMMIT, DISCARD, EXIT, SPAWN
 
 
 def check_event_log(events: np.ndarray, lat) -> None:
@@ -55,3 +55,51 @@ def check_event_log(events: np.ndarray, lat) -> None:
     assert (waste == c.wasted_node_layers).all()
     for s in range(lat.S):
         assert commits[s] == lat.output[s, : c.tokens[s]].tolist()
+    check_counters(events, lat)
+
+
+def check_counters(events: np.ndarray, lat) -> None:
+    """Every counter recounted from the event log alone. A core step of a sequence starts with its
+    advances (m rounds each: a jump; all logged with the step's first round); its chosen nodes at one depth share one weight load per layer;
+    a node-layer's context is its row's length (pos + 1); a round that reads k > 0 exit heads counts
+    once in head_rows[k]; a commit whose collapse spawns a fresh anchor is a fallback."""
+    c, L = lat.counters, lat.L
+    rounds, loads, tokens, fallbacks = (np.zeros(lat.S, np.int64) for _ in range(4))
+    load_rows, head_rows = np.zeros_like(c.load_rows), np.zeros_like(c.head_rows)
+    load_at, rows_at = np.zeros(L + 1, np.int64), np.zeros(L + 1, np.int64)  # per layer 1..L
+    context = 0
+    for s in range(lat.S):
+        ev = events[events["seq"] == s]
+        kinds = ev["kind"]
+        starts = [i for i in range(len(ev)) if kinds[i] == ADVANCE and (i == 0 or kinds[i - 1] != ADVANCE
+                                                                      or ev["round"][i] != ev["round"][i - 1])]
+        for a, b in zip(starts, starts[1:] + [len(ev)]):
+            step = ev[a:b]
+            adv = step[step["kind"] == ADVANCE]
+            m = int(adv["n"][0])
+            assert (adv["n"] == m).all(), f"seq {s}: one step's nodes advance different numbers of rounds"
+            rounds[s] += m
+            for d in np.unique(adv["depth"]):
+                rows = int((adv["depth"] == d).sum())
+                loads[s] += m
+                load_rows[rows] += m
+                load_at[d + 1:d + m + 1] += 1
+                rows_at[d + 1:d + m + 1] += rows
+            context += int(((adv["pos"] + 1) * m).sum())
+            k = int((step["kind"] == EXIT).sum())
+            if k:
+                head_rows[k] += 1
+            for i in np.flatnonzero(step["kind"] == COMMIT):
+                tokens[s] += 1
+                j = i + 1
+                while step["kind"][j] != COLLAPSE:
+                    fallbacks[s] += step["kind"][j] == SPAWN
+                    j += 1
+    assert (rounds == c.rounds).all(), f"rounds: counted {c.rounds}, the log says {rounds}"
+    assert (loads == c.weight_loads).all(), f"weight loads: counted {c.weight_loads}, the log says {loads}"
+    assert (load_rows == c.load_rows).all(), f"load_rows: counted {c.load_rows}, the log says {load_rows}"
+    assert (head_rows == c.head_rows).all(), f"head_rows: counted {c.head_rows}, the log says {head_rows}"
+    assert context == c.context_sum, f"context: counted {c.context_sum}, the log says {context}"
+    assert (tokens == c.tokens).all() and (fallbacks == c.fallbacks).all(), "tokens or fallbacks miscounted"
+    per_load, per_rows = c.per_layer()
+    assert (per_load[1:] == load_at[1:]).all() and (per_rows[1:] == rows_at[1:]).all(), "per-layer counters"

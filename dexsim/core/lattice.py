@@ -542,6 +542,8 @@ def expand_seq(st, s, js, toks, buffer, evict):
     c = st.n[s]
     for r in range(R):
         if served[r]:
+            if c > buffer or c >= st.M:  # numba does not bounds-check: an overrun must raise, not corrupt
+                raise AssertionError("expand: live branches would exceed the buffer B")
             j = js[r]
             st.token[s, c] = toks[r]
             st.pos[s, c] = st.pos[s, j] + 1

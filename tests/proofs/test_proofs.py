@@ -6,7 +6,9 @@ import sys
 
 import z3
 
+from dexsim.core.registry import names
 from proofs import bmc, fsm, kernel
+from proofs.code import bundled
 from proofs import obligations as ob
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -35,6 +37,12 @@ def test_python_m_proofs_is_all_as_expected():
     assert len(vac) == 2 * len(bmc.ENABLED_BOUNDS) and all(r["verdict"] == "sat" for r in vac)
     assert all(r["verdict"] == "proved" for r in res if r["group"].startswith("thm") or r["group"] == "lemma")
     assert any(r["group"] == "bmc" for r in res)
+    code = [r for r in res if r["group"] == "code"]  # the real core, checked against the rules
+    assert code and all(r["verdict"] == "conforms" for r in code)
+    for name in names(hindsight=False):
+        assert any(f" {name} " in r["name"] for r in code if r["name"].startswith("replay random"))
+        assert any(f" {name}" in r["name"] for r in code if r["name"].startswith("herbrand"))
+    assert all(any(f in r["name"] for r in code) for f in bundled())
 
 
 def test_a_wrong_rule_is_not_proved_and_gets_a_trace():

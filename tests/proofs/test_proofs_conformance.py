@@ -47,9 +47,11 @@ def test_the_core_moves_only_as_the_rules_allow_and_commits_ar(setup):
     for s, M in enumerate(models):
         k = int(r.lat.counters.tokens[s])
         out = tuple(int(t) for t in r.lat.output[s, :k])
-        assert out == M.ar(k)[len(M.P):]
-        stopped_at_eos = eos is not None and k > 0 and out[-1] == eos
-        assert k == max_tokens[s] or stopped_at_eos
+        expected = M.ar(max_tokens[s])[len(M.P):]  # AR's output, up to the limit and its first EOS
+        if eos in expected:
+            expected = expected[:expected.index(eos) + 1]
+        assert out == expected
+        assert eos not in out[:-1]  # EOS is never inside the committed output
 
 
 RUNS = [
@@ -135,3 +137,15 @@ def test_ar_policy_is_one_node_at_a_time():
     M = ConcreteModel(3, [3], (2, 1), vocab=3)
     r = cf.run(AR(3), [M], [5])
     assert r.moves == 5 * (3 + 1 + 1) + 1  # per token: 3 advances, 1 exit read, 1 commit; then stop
+
+
+def test_the_code_check_names_the_clause_a_rogue_core_breaks():
+    """`python -m proofs`' code group on a replay whose policy breaks the dependency rule: the move is
+    refused and the guard conjunct it breaks is named."""
+    from proofs.code import check_replay, random_trace
+    trace = random_trace(3)
+    check_replay(trace, make_policy("dex", trace.L, exits=trace.depths, explorers=2, buffer=2, priority="deep"))
+    with pytest.raises(cf.ConformanceError, match="guard clause broken: dependency"):
+        rogue = BreaksDependency(trace.L)
+        rogue.exits = trace.depths
+        check_replay(trace, rogue)
