@@ -31,9 +31,7 @@ def add_heads_flag(p) -> None:
 
 
 def _check_out_folder(out: str) -> None:
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise UserError(f"--out {out}: no such folder {folder}")
+    config.check_writable("--out", out)
 
 
 def policy_from_args(args, L: int, heads=None):
@@ -352,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
     p.add_argument("--batch", type=int, default=128, help="positions per step")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (cosine decay to a tenth)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch order")
+    p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the initialisation and the batch order")
     p.add_argument("--out", required=True, help="manifest to write, NAME.json (NAME.safetensors beside it)")
     p.set_defaults(func=cmd_train_exits)
     return parser

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import secrets
 import sys
 
 from dexsim.errors import UserError
@@ -50,6 +52,69 @@ def csv_list(flag: str, text: str, convert=str) -> list:
         return [convert(x) for x in items]
     except ValueError:
         raise UserError(f"{flag} {text!r}: expected a comma-separated list of {convert.__name__}") from None
+
+
+# Seeds reach numba as int64 and numpy as uint64: every seeded part here takes 0 <= seed < 2**63.
+SEED_MAX = 2**63 - 1
+
+
+def parse_seed(text: str) -> int:
+    """An argparse type: a `--seed` value, or one line naming the flag."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise UserError(f"--seed {text!r}: expected an integer") from None
+    return check_seed(value)
+
+
+def check_seed(value: int, flag: str = "--seed") -> int:
+    if value < 0:
+        raise UserError(f"{flag} {value}: must be >= 0")
+    if value > SEED_MAX:
+        raise UserError(f"{flag} {value}: must be <= {SEED_MAX} (2**63 - 1)")
+    return value
+
+
+def physical_memory() -> int:
+    """Bytes of memory on this machine."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_fits(flag: str, nbytes: float, what: str) -> None:
+    """One line naming the flag when `what` would need more memory than this machine has: refused
+    before anything is allocated, not by a MemoryError half-way."""
+    have = physical_memory()
+    if nbytes > have:
+        raise UserError(f"{flag}: {what} would need {nbytes / 2**30:,.1f} GiB, more than this machine's "
+                        f"{have / 2**30:,.1f} GiB")
+
+
+def check_writable(flag: str, path: str, *, folder: bool = False) -> str:
+    """`path`, once a file (or, with `folder`, files in that folder) can be created there: checked
+    before long work, by creating and removing a probe file (permissions alone miss read-only file
+    systems and root)."""
+    if not str(path).strip():
+        raise UserError(f"{flag}: empty path")
+    path = os.fspath(path)
+    if folder:
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise UserError(f"{flag} {path}: not a folder")
+        where = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    else:
+        if os.path.isdir(path):
+            raise UserError(f"{flag} {path}: is a folder; name a file")
+        where = os.path.dirname(os.path.abspath(path))
+    while folder and not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)  # a folder still to be created: its nearest existing parent
+    if not os.path.isdir(where):
+        raise UserError(f"{flag} {path}: folder {where} does not exist")
+    probe = os.path.join(where, f".write-probe-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"{flag} {path}: cannot write in {where} ({e.strerror or e})") from None
+    return path
 
 
 class Parser(argparse.ArgumentParser):

@@ -30,6 +30,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from dexsim.core import registry
+from dexsim.sweep.rows import column_types, field_problem
 from dexsim.traces.analyze import analyze
 from dexsim.errors import UserError
 from dexsim.traces.format import load_trace
@@ -68,9 +69,12 @@ def load_rows(results: str) -> tuple[list[dict], Path]:
     elif not p.is_file():
         raise UserError(f"{results}: no such folder or file")
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{p}: line {line}: not UTF-8 text") from None
     try:
         if p.suffix == ".json":
             rows = json.loads(text)
@@ -89,7 +93,19 @@ def load_rows(results: str) -> tuple[list[dict], Path]:
     if rows and not need <= rows[0].keys():
         missing = ", ".join(sorted(need - rows[0].keys()))
         raise UserError(f"{p}: result rows lack column(s) {missing}")
+    _check_types(rows, p)
     return rows, p
+
+
+def _check_types(rows: list[dict], p: Path) -> None:
+    """Every known numeric or true/false column a row holds has a sweep row's type (null allowed: plots
+    skip unpriced rows; text columns may read as numbers from a CSV)."""
+    types = {k: t for k, t in column_types().items() if str not in t}
+    for i, r in enumerate(rows):
+        for name, value in r.items():
+            problem = name in types and value is not None and field_problem(name, value, types[name])
+            if problem:
+                raise UserError(f"{p}: row {i + 1}: {problem}")
 
 
 def _usable(rows: list[dict]) -> list[dict]:

@@ -54,7 +54,7 @@ import numpy as np
 from dexsim.hardware import cost
 from dexsim.des.plan import Durations, Plan, compile_plan, durations, timeline
 from dexsim.des.record import WorkLog
-from dexsim.config import option
+from dexsim.config import check_writable, option
 from dexsim.errors import UserError
 
 ARRIVALS = ("closed", "poisson")
@@ -87,6 +87,8 @@ class SchedulerConfig:
                 raise UserError(f"--{given[0].replace('_', '-')}: needs --scheduler des")
         elif not priced:
             raise UserError("--scheduler des: needs --gpu")
+        if self.trace_out is not None:
+            check_writable("--trace-out", self.trace_out)
 
     def load(self, batch: int, seed: int) -> "Load":
         return parse_load(self.arrival, self.requests, batch, seed, micro_batch=self.micro_batch)

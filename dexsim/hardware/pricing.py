@@ -86,13 +86,14 @@ class HardwareConfig:
             return None
         flag = "--model" if self.model else f"{where}: meta.model"
         tp, pp, batch = (1 if v is None else v for v in (self.tp, self.pp, self.batch))
-        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads)
+        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads, where=where)
 
 
 def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-             model_flag: str = "--model", heads: str = "lens") -> tuple[ModelSpec, cost.Hardware]:
+             model_flag: str = "--model", heads: str = "lens", where: str | None = None) -> tuple[ModelSpec, cost.Hardware]:
     """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
-    unknown name or a configuration that cannot run is a UserError naming the flag."""
+    unknown name or a configuration that cannot run is a UserError naming the flag (or the field of
+    the trace `where`)."""
     try:
         model = get_model(model_name)
     except UserError as e:
@@ -100,7 +101,7 @@ def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: in
     try:
         model = with_heads(model, heads)
     except UserError as e:
-        raise UserError(f"meta.heads: {e}") from None
+        raise UserError(f"{where + ': ' if where else ''}meta.heads: {e}") from None
     try:
         gpu = get_gpu(gpu_name)
     except UserError as e:

@@ -97,6 +97,21 @@ def _fail(trace: Trace, field: str, problem: str):
     raise UserError(f"{trace.path or 'trace'}: {field}: {problem}")
 
 
+# Each meta field's JSON type; `model` names a catalog model or, for a trace dexref recorded on a model
+# outside the catalog, that model (its arch is then the trace's own).
+META_TYPES = {"format": str, "model": str, "arch": dict, "heads": str, "dataset": str, "template": str,
+              "sampling": dict, "synthetic": bool, "recorder": dict, "created": str, "sha256": str}
+# Upper bounds of the arch sizes that index arrays: depths are stored as int16 and tokens as int32.
+# The other sizes only price a replay; they must be exact in JSON (a double).
+ARCH_MAX = {"layers": np.iinfo(ARRAYS["depths"]).max, "vocab": np.iinfo(ARRAYS["final"]).max}
+JSON_INT_MAX = 2**53
+JSON_NAMES = {str: "a string", dict: "a JSON object", bool: "true/false"}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # a `true` here is a broken writer, not a size
+
+
 def _validate_meta(trace: Trace):
     meta = trace.meta
     if not isinstance(meta, dict):
@@ -104,20 +119,28 @@ def _validate_meta(trace: Trace):
     for key in META_KEYS:
         if key not in meta:
             _fail(trace, "meta", f"missing key {key!r}")
+    for key, kind in META_TYPES.items():
+        if not isinstance(meta[key], kind):
+            _fail(trace, f"meta.{key}", f"{meta[key]!r} is not {JSON_NAMES[kind]}")
     if meta["format"] != FORMAT:
         _fail(trace, "meta.format", f"{meta['format']!r}, expected {FORMAT!r}")
+    if not meta["model"].strip():
+        _fail(trace, "meta.model", "empty")
+    heads = meta["heads"]
+    if heads != "lens" and not (heads.startswith("trained:") and heads != "trained:"):
+        _fail(trace, "meta.heads", f"{heads!r}: expected lens or trained:NAME")
     arch = meta["arch"]
-    if not isinstance(arch, dict):
-        _fail(trace, "meta.arch", "not a JSON object")
     for key in ARCH_KEYS:
         if key not in arch:
             _fail(trace, "meta.arch", f"missing key {key!r}")
-    for key in ("layers", "vocab"):
-        # bool is an int in Python; a `true` here is a broken writer, not a size
-        if not isinstance(arch[key], int) or isinstance(arch[key], bool) or arch[key] < 1:
-            _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not a positive integer")
-    if not isinstance(meta["synthetic"], bool):
-        _fail(trace, "meta.synthetic", f"{meta['synthetic']!r} is not true/false")
+    for key in ARCH_KEYS:
+        if key == "dtype":
+            if not isinstance(arch[key], str):
+                _fail(trace, "meta.arch.dtype", f"{arch[key]!r} is not a string")
+            continue
+        high = ARCH_MAX.get(key, JSON_INT_MAX)
+        if not _is_int(arch[key]) or not 1 <= arch[key] <= high:
+            _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not an integer in [1, {high}]")
 
 
 def _validate_shapes(trace: Trace):
