@@ -41,7 +41,8 @@ def column_types() -> dict:
     out.update(key=_STR, trace=_STR, trace_sha256=_STR, model=_STR, max_tokens=_INT + _NULL, max_seqs=_INT + _NULL,
                seed=_INT, gpu=_STR, tp=_INT, pp=_INT, batch=_INT, scheduler=_STR, arrival=_STR + _NULL,
                requests=_INT + _NULL, policy=_STR, depth_rescaled=_BOOL, oracle_policy=_STR + _NULL,
-               output_matches_trace=_BOOL, sim_seconds=_NUM, tokens_per_s=_NUM, speedup_vs_ar=_NUM)
+               output_matches_trace=_BOOL, sim_seconds=_NUM, tokens_per_s=_NUM, speedup_vs_ar=_NUM,
+               utilization=(list,) + _NULL)  # des: one share per pipeline stage
     out.update({name: _KINDS[p.kind] + _NULL for name, p in PARAMS.items()})
     out.update({s.search_column: _STR + _NULL for s in registry.REGISTRY.values() if s.search_column})
     out.update({c: _INT for c in COUNTERS})
@@ -50,11 +51,16 @@ def column_types() -> dict:
 
 def field_problem(name: str, value, types: tuple) -> str | None:
     """What is wrong with one cell, or None; bool is an int in Python, never a count here."""
+    if isinstance(value, list) and list in types:
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            return None
+        return f"field {name}: {value!r} is not a list of numbers"
     if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
         if name in COUNTERS and value < 0:
             return f"field {name}: {value!r} is negative"
         return None
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null"}
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null",
+             list: "a list of numbers"}
     wanted = " or ".join(names[t] for t in types if not (t is int and float in types))
     return f"field {name}: {value!r} is not {wanted}"
 
