@@ -62,7 +62,7 @@ def cmd_fetch(args) -> int:
 
 def _prompt_text(args) -> str:
     if (args.prompt is None) == (args.prompt_file is None):
-        raise UserError("give exactly one of --prompt TEXT and --prompt-file F")
+        raise UserError("--prompt TEXT or --prompt-file F: exactly one is required")
     if args.prompt is not None:
         return args.prompt
     try:
@@ -79,7 +79,7 @@ def cmd_generate(args) -> int:
 
     text = _prompt_text(args)
     if not text:
-        raise UserError("the prompt is empty")
+        raise UserError(f"{'--prompt' if args.prompt is not None else '--prompt-file ' + args.prompt_file}: the prompt is empty")
     from .exits import resolve
 
     mcfg = from_args(ModelConfig, args)

@@ -123,6 +123,22 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{self.prog}: {message}")
 
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, and no flag or argument here takes an empty value: a path, a name or a list."""
+        ns, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            value = getattr(ns, action.dest, None)
+            if value == "" and action.default != "":
+                name = action.option_strings[-1] if action.option_strings else action.dest
+                raise UserError(f"{name}: empty value")
+        return ns, rest
+
+
+def one_line(text: str) -> str:
+    """`text` with what is not printable (a line break or a stray byte in a path or a value) escaped, so an
+    error is one line whatever the input held."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
 
 def run(build, argv=None) -> int:
     """Parse with the parser `build()` makes and run the chosen command's `func(args)`; a UserError is
@@ -131,7 +147,7 @@ def run(build, argv=None) -> int:
         args = build().parse_args(argv)
         return args.func(args) or 0
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except BrokenPipeError:
         return 0

@@ -9,6 +9,7 @@ line passes.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -23,8 +24,9 @@ def _workers(text: str) -> int:
         n = int(text)
     except ValueError:
         raise UserError(f"--workers {text!r}: expected a positive integer") from None
-    if n < 1:
-        raise UserError(f"--workers {n}: must be >= 1")
+    cpus = os.cpu_count() or 1
+    if not 1 <= n <= cpus:
+        raise UserError(f"--workers {n}: must be in [1, {cpus}] (this machine's CPUs: each worker is a process)")
     return n
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from dexsim.config import check_fits
 from dexsim.depths import check_depths, parse_depths
 from dexsim.errors import UserError
-from dexsim.specs.catalog import get_model
+from dexsim.specs.catalog import get_model, with_heads
 from dexsim.traces.analyze import ead_indices
 from dexsim.traces.format import ARRAYS, Trace, load_trace, make_meta, trace_checksum
 
@@ -123,7 +123,14 @@ def synth_trace(model: str, n_seqs: int, tokens_per_seq: int, *, depths=None, ea
                 flicker: float = 0.1, change_rate: float = 0.3, prompt_len: int = 64, seed: int = 0,
                 heads: str = "lens") -> Trace:
     """A synthetic trace; `depths` is None (every layer), a spec for `parse_depths`, or a list of depths."""
-    spec = get_model(model)
+    try:
+        spec = get_model(model)
+    except UserError as e:
+        raise UserError(f"--model: {e}") from None
+    try:
+        with_heads(spec, heads)  # a head kind the catalog prices
+    except UserError as e:
+        raise UserError(f"--heads: {e}") from None
     L, vocab = spec.layers, spec.vocab
     if isinstance(depths, str):
         depths = parse_depths(depths, L)
