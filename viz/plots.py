@@ -87,6 +87,8 @@ def load_rows(results: str) -> tuple[list[dict], Path]:
             raise UserError(f"{p}: expected a .json, .jsonl or .csv results file")
     except ValueError as e:
         raise UserError(f"{p}: not valid {p.suffix[1:]} ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not valid {p.suffix[1:]} (nested too deeply)") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{p}: expected a list of result rows")
     need = {"trace", "policy", "gpu", "tokens_per_s", "speedup_vs_ar"}

@@ -89,7 +89,7 @@ def load_events(path: str) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path}: cannot read as .npz ({e})") from None
     try:
         meta = json.loads(meta_text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UserError(f"{path}: field 'meta' is not JSON") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt != EVENTS_FORMAT:

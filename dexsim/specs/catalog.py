@@ -131,7 +131,7 @@ def _read_cpu_overlay(path: Path) -> dict:
         return {}
     try:
         entry = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"{path}: unreadable cpu-local profile ({e}); rerun `python -m dexsim calibrate`")
     if not isinstance(entry, dict):
         raise UserError(f"{path}: cpu-local profile must be a JSON object")

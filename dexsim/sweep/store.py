@@ -153,7 +153,7 @@ class RowStore:
                 row = json.loads(raw.decode("utf-8"))
             except UnicodeDecodeError:
                 raise UserError(f"{where}: not UTF-8 text; use another --out or drop --resume") from None
-            except ValueError:
+            except (ValueError, RecursionError):
                 raise UserError(f"{where}: not JSON; use another --out or drop --resume") from None
             problem = row_problem(row)
             if problem:

@@ -216,6 +216,8 @@ def _read_meta(trace_path: str, raw: np.ndarray) -> dict:
         return json.loads(str(raw[()]))
     except json.JSONDecodeError as e:
         raise UserError(f"{trace_path}: meta: not JSON ({e.msg} at char {e.pos})") from None
+    except RecursionError:
+        raise UserError(f"{trace_path}: meta: JSON nested too deeply") from None
 
 
 def _read_arrays(path: str) -> dict:

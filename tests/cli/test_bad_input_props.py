@@ -89,20 +89,20 @@ WILD_TEXT = st.one_of(TEXT, st.sampled_from(["", ",", ",,", "all", "every:0", "e
 SMALL_INT = st.integers(0, 6).map(str)
 
 
-PARTS = {}  # id of a pick() strategy -> (its valid values, its wild ones), for flags() to choose from
+PARTS = {}  # id of a pick() strategy -> (its valid values, its wild ones, itself: alive, so ids stay unique)
 
 
 def pick(valid, wild=None):
     """A flag value: usually a valid one, often a wild one."""
     wild = wild if wild is not None else WILD_TEXT
     strategy = st.one_of(valid, valid, wild)
-    PARTS[id(strategy)] = (valid, wild)
+    PARTS[id(strategy)] = (valid, wild, strategy)
     return strategy
 
 
 def mostly(strategy):
     """A pick() strategy drawn valid three times in four (for the arguments every run needs)."""
-    valid, _ = PARTS[id(strategy)]
+    valid, _, _ = PARTS[id(strategy)]
     return st.integers(0, 3).flatmap(lambda i: valid if i else strategy)
 
 
@@ -127,7 +127,7 @@ def flags(draw, table: dict) -> list:
         if table[f] is None:
             argv.append(f)
             continue
-        valid, wild = PARTS.get(id(table[f]), (table[f], table[f]))
+        valid, wild, _ = PARTS.get(id(table[f]), (table[f], table[f], None))
         strategy = {"valid": valid, "one": wild if f == wild_one else valid, "any": table[f]}[mode]
         argv += [f, draw(strategy)]
     return argv
@@ -242,7 +242,8 @@ def involved(argv: list) -> list:
     flags_given = [a for a in argv if a.startswith("-") and len(a) > 1]
     flags_given += ["--explorers"] if "-k" in argv else []  # -k is --explorers
     values = [a for a in argv if a not in flags_given and len(a) > 2 and any(c.isalpha() for c in a)]
-    return [one_line(n) for n in flags_given + values] + ["required"]  # as an error line shows them
+    files = [f"error: {a}:" for a in argv if a not in flags_given]  # FILE: field: problem, whatever its name
+    return [one_line(n) for n in flags_given + values + files] + ["required"]  # as an error line shows them
 
 
 def holds(prog: str, argv: list, valid_output=None, positional=()):
