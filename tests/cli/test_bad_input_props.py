@@ -9,7 +9,7 @@ stderr line that names a flag, file or field that was involved. Never a tracebac
 
 The commands run in-process (`main(argv)`, clirun.py) for speed; a few real processes at the end check
 the same rule end to end. Under the `ci` profile the whole module takes well under a minute; the
-`thorough` profile draws ten times as many examples.
+`thorough` profile draws 13 times as many examples.
 """
 from __future__ import annotations
 
@@ -26,19 +26,19 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from clirun import check_clean, error_line, run_cli
+from clirun import check_clean, run_cli
+from strategies import examples
 from dexsim.config import one_line
 from dexsim.sweep.rows import row_problem
 from dexsim.traces.format import ARRAYS, Trace, load_trace, save_trace, trace_checksum
 from dexsim.traces.synth import synth_trace
 
 ROOT = Path(__file__).resolve().parents[2]
-SCALE = 10 if os.environ.get("HYPOTHESIS_PROFILE") == "thorough" else 1
 
 
 def props(n: int):
-    """`n` examples (ten times as many under `thorough`), no deadline: a draw may run a small replay."""
-    return settings(max_examples=n * SCALE, deadline=None, suppress_health_check=list(HealthCheck))
+    """`n` examples under `ci` (scaled for the other profiles), no deadline: a draw may run a small replay."""
+    return settings(max_examples=examples(n), deadline=None, suppress_health_check=list(HealthCheck))
 
 
 # ---------------------------------------------------------------------------- fixtures
