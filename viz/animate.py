@@ -41,6 +41,7 @@ MAX_FRAMES = 1500
 # the rendered frame and the writer's copy of it.
 FRAME_BUFFERS = 4
 GIF_MAX_SIDE = 2**16 - 1  # a GIF stores its width and height in 16 bits
+GIF_MAX_DELAY_S = (2**16 - 1) / 100  # and a frame's delay in hundredths of a second, in 16 bits
 
 
 # ---------------------------------------------------------------------------- sources to frames
@@ -129,6 +130,8 @@ def cmd_animate(args) -> int:
     for flag, value in (("--fps", args.fps), ("--dpi", args.dpi)):
         if not 0 < value < float("inf"):
             raise UserError(f"{flag} {value}: must be a positive number")
+    if ext == ".gif" and 1 / args.fps > GIF_MAX_DELAY_S:
+        raise UserError(f"--fps {args.fps:g}: a GIF frame lasts at most {GIF_MAX_DELAY_S:g} s")
     runs = runs_from_args(args)
     ranges, frame_lists = zip(*(frames_of(r, args.start, args.tokens, args.max_frames) for r in runs))
     labels = make_labels(args.tokenizer, runs[0])
@@ -148,6 +151,8 @@ def cmd_animate(args) -> int:
 def check_frame_size(size: tuple[float, float], dpi: float, ext: str) -> None:
     """Frames of `size` pixels can be rendered and written: checked before the first one is."""
     w, h = size
+    if round(w) < 1 or round(h) < 1:
+        raise UserError(f"--dpi {dpi:g}: frames of {w:.2f}x{h:.2f} pixels, less than one pixel a side")
     if ext == ".gif" and max(w, h) > GIF_MAX_SIDE:
         raise UserError(f"--dpi {dpi:g}: frames of {w:.0f}x{h:.0f} pixels, more than a GIF holds "
                         f"({GIF_MAX_SIDE} a side)")

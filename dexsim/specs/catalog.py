@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -126,6 +127,35 @@ def cpu_profile_path() -> Path:
     return _user_cache_dir() / "cpu-local.json"
 
 
+# A GPU entry's numbers: (smallest allowed, whether 0 itself is allowed); every one finite.
+_GPU_NUMBERS = {"peak_flops": False, "memory_bandwidth": False, "memory_bytes": False,
+                "bandwidth_efficiency": False, "compute_efficiency": False, "kernels_per_layer": True,
+                "kernel_overhead_s": True, "collective_overhead_s": True}
+_LINK_NUMBERS = {"bandwidth": True, "latency_s": True}
+
+
+def _number_problem(key: str, value, zero_ok: bool) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not zero_ok):
+        return f"field {key}: {value!r} is not a {'non-negative' if zero_ok else 'positive'} number"
+    return None
+
+
+def _entry_problem(entry: dict) -> str | None:
+    """What is wrong with the fields a GPU entry (or a cpu-local profile) holds, or None."""
+    for key, zero_ok in _GPU_NUMBERS.items():
+        if key in entry and (problem := _number_problem(key, entry[key], zero_ok)):
+            return problem
+    if "interconnect" in entry:
+        link = entry["interconnect"]
+        if not isinstance(link, dict) or not isinstance(link.get("kind"), str):
+            return f"field interconnect: {link!r} is not an object with a kind"
+        for key, zero_ok in _LINK_NUMBERS.items():
+            if (problem := _number_problem(f"interconnect.{key}", link.get(key), zero_ok)):
+                return problem
+    return None
+
+
 def _read_cpu_overlay(path: Path) -> dict:
     if not path.is_file():
         return {}
@@ -135,6 +165,9 @@ def _read_cpu_overlay(path: Path) -> dict:
         raise UserError(f"{path}: unreadable cpu-local profile ({e}); rerun `python -m dexsim calibrate`")
     if not isinstance(entry, dict):
         raise UserError(f"{path}: cpu-local profile must be a JSON object")
+    problem = _entry_problem(entry)
+    if problem:
+        raise UserError(f"{path}: cpu-local profile: {problem}; rerun `python -m dexsim calibrate`")
     return entry
 
 

@@ -309,3 +309,56 @@ def test_35_trace_out_unwritable_before_simulating(trace, tmp_path):
     pytest.importorskip("simpy")
     refused("dexsim", ["replay", "--trace", trace, "--gpu", "a100-sxm4-80gb", "--scheduler", "des",
                        "--trace-out", unwritable(tmp_path) / "c.json"], "--trace-out")
+
+
+# ---------------------------------------------------------------------------- found after the issue
+# by the property suite (test_bad_input_props.py) and a second tried-as-a-new-user pass
+
+def test_empty_flag_value_names_the_flag(trace):
+    refused("dexsim", ["replay", "--trace", ""], "--trace", "empty")
+    refused("dexsim", ["replay", "--trace", trace, "--gpu", ""], "--gpu", "empty")
+    refused("viz", ["sweep", ""], "results", "empty")
+
+
+def test_a_line_break_in_a_path_stays_one_line(work):
+    line = refused("dexsim", ["replay", "--trace", str(work / "two\nlines\x85.npz")], "two\\nlines\\x85")
+    assert "\n" not in line
+
+
+@pytest.mark.parametrize("flag,value", [("--model", "nope"), ("--heads", "0"), ("--heads", "trained:nope")])
+def test_synth_names_its_flags(work, flag, value):
+    refused("dexsim", ["synth", "--model", "smollm2-135m", "--seqs", "1", "--tokens", "2", "--out", work / "n.npz",
+                       flag, value], flag)
+
+
+def test_des_requests_huge(trace):
+    pytest.importorskip("simpy")
+    refused("dexsim", ["replay", "--trace", trace, "--gpu", "l4-24gb", "--scheduler", "des", "--requests",
+                       "100000000000"], "--requests 100000000000")
+
+
+def test_resume_json_nested_too_deeply(work, results, trace):
+    out = damaged_results(results, work / "deep", lambda b: b"[" * 100000 + b"\n")
+    refused("dexsim", ["sweep", "--traces", trace, *SW, "--resume", "--out", out], "line 1", "not JSON")
+    refused("viz", ["sweep", out / "sweep.jsonl"], "sweep.jsonl")
+
+
+def test_calibrate_seconds_inf_is_refused_not_run_forever(work):
+    refused("dexsim", ["calibrate", "--seconds", "inf", "--out", work / "p.json"], "--seconds")
+
+
+@pytest.mark.parametrize("profile,field", [('{"peak_flops": "fast"}', "peak_flops"), ('{"memory_bytes": 0}', "memory_bytes"),
+                                           ('{"interconnect": 5}', "interconnect"), ("[1]", "JSON object")])
+def test_cpu_local_profile_with_wrong_types(work, trace, monkeypatch, profile, field):
+    cache = work / f"cache-{field}"
+    (cache / "dexsim").mkdir(parents=True)
+    (cache / "dexsim" / "cpu-local.json").write_text(profile)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    for argv in (["gpus"], ["cost", "--model", "smollm2-135m", "--gpu", "cpu-local"],
+                 ["replay", "--trace", trace, "--gpu", "cpu-local"]):
+        refused("dexsim", argv, "cpu-local.json", field)
+
+
+@pytest.mark.parametrize("flag,value", [("--fps", "1e-9"), ("--dpi", "0.001"), ("--fps", "inf")])
+def test_animate_frames_that_cannot_be_written(work, trace, flag, value):
+    refused("viz", ["animate", "--trace", trace, "--tokens", "1", "--out", work / "f.gif", flag, value], flag)
