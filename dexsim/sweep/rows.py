@@ -2,6 +2,8 @@
 of a RowSpec, keyed by the fields that name it (`row_key`), with the columns of DESIGN.md section 5."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dexsim.core import registry
@@ -56,6 +58,10 @@ def field_problem(name: str, value, types: tuple) -> str | None:
             return None
         return f"field {name}: {value!r} is not a list of numbers"
     if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        if isinstance(value, float) and math.isnan(value):
+            return f"field {name}: NaN is not a result"
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+            return f"field {name}: {value} is out of range"
         if name in COUNTERS and value < 0:
             return f"field {name}: {value!r} is negative"
         return None

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from dexsim.specs.catalog import get_model
+from dexsim.specs.catalog import get_model, models
 from dexsim.errors import UserError
 
 FORMAT = "dex-trace/1"
@@ -141,6 +141,10 @@ def _validate_meta(trace: Trace):
         high = ARCH_MAX.get(key, JSON_INT_MAX)
         if not _is_int(arch[key]) or not 1 <= arch[key] <= high:
             _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not an integer in [1, {high}]")
+    catalog = models().get(meta["model"])  # a catalog model is priced with the catalog's layers
+    if catalog is not None and arch["layers"] != catalog.layers:
+        _fail(trace, "meta.arch.layers", f"{arch['layers']}, but {meta['model']} has {catalog.layers} layers "
+                                         f"(dexsim/specs/data/models.json)")
 
 
 def _validate_shapes(trace: Trace):
