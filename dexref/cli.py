@@ -79,7 +79,8 @@ def cmd_generate(args) -> int:
 
     text = _prompt_text(args)
     if not text:
-        raise UserError(f"{'--prompt' if args.prompt is not None else '--prompt-file ' + args.prompt_file}: the prompt is empty")
+        given = "--prompt" if args.prompt is not None else f"--prompt-file {args.prompt_file}"
+        raise UserError(f"{given}: the prompt is empty")
     from .exits import resolve
 
     mcfg = from_args(ModelConfig, args)

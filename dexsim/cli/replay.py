@@ -100,7 +100,8 @@ def register(sub) -> None:
     p = sub.add_parser("replay", help="replay a trace under a policy and print its counters (priced with --gpu)")
     p.add_argument("--trace", required=True, help="trace file (.npz, DESIGN.md section 5)")
     registry.add_policy_flags(p)
-    p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the off-path exit tokens and confidences (and poisson arrivals)")
+    p.add_argument("--seed", type=config.parse_seed, default=0,
+                   help="seed of the off-path exit tokens and confidences (and poisson arrivals)")
     add_flags(p, HardwareConfig)
     add_flags(p, SchedulerConfig)
     p.add_argument("--events", default=None, help="write the event log to this .npz")

@@ -28,7 +28,8 @@ def cmd_sweep(args) -> int:
     cfg = config.from_args(SweepConfig, args, axes={n: getattr(args, n) for n in PARAMS}).checked()
     grid = build_grid(cfg)
     if not grid.specs:
-        raise UserError(f"nothing to run: every configuration was skipped ({grid.notes[0] if grid.notes else 'no rows'})")
+        why = grid.notes[0] if grid.notes else "no rows"
+        raise UserError(f"nothing to run: every configuration was skipped ({why})")
 
     def notes():  # once the folder is ours: a refused run says one line, not the grid's notes too
         for note in dict.fromkeys(grid.notes):

@@ -90,7 +90,8 @@ class HardwareConfig:
 
 
 def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-             model_flag: str = "--model", heads: str = "lens", where: str | None = None) -> tuple[ModelSpec, cost.Hardware]:
+             model_flag: str = "--model", heads: str = "lens",
+             where: str | None = None) -> tuple[ModelSpec, cost.Hardware]:
     """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
     unknown name or a configuration that cannot run is a UserError naming the flag (or the field of
     the trace `where`)."""

@@ -347,7 +347,8 @@ def test_calibrate_seconds_inf_is_refused_not_run_forever(work):
     refused("dexsim", ["calibrate", "--seconds", "inf", "--out", work / "p.json"], "--seconds")
 
 
-@pytest.mark.parametrize("profile,field", [('{"peak_flops": "fast"}', "peak_flops"), ('{"memory_bytes": 0}', "memory_bytes"),
+@pytest.mark.parametrize("profile,field", [('{"peak_flops": "fast"}', "peak_flops"),
+                                           ('{"memory_bytes": 0}', "memory_bytes"),
                                            ('{"interconnect": 5}', "interconnect"), ("[1]", "JSON object")])
 def test_cpu_local_profile_with_wrong_types(work, trace, monkeypatch, profile, field):
     cache = work / f"cache-{field}"

@@ -22,8 +22,8 @@ from dexsim.traces.synth import synth_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 # a grid that takes a few seconds, so that a second writer starts while the first holds the folder
-SLOW = ["--policies", "ar,dex", "--explorers", "1,2,3,4,6,8", "--priorities", "eager", "--exits", "all", "--gpus", "a100-sxm4-80gb",
-        "--pp", "1", "--scheduler", "lockstep", "--jobs", "1", "--max-tokens", "0"]
+SLOW = ["--policies", "ar,dex", "--explorers", "1,2,3,4,6,8", "--priorities", "eager", "--exits", "all",
+        "--gpus", "a100-sxm4-80gb", "--pp", "1", "--scheduler", "lockstep", "--jobs", "1", "--max-tokens", "0"]
 FAST = ["--policies", "ar,layerskip", "--exits", "all", "--drafts", "1", "--gpus", "l4-24gb", "--pp", "1",
         "--scheduler", "lockstep", "--jobs", "1"]
 
