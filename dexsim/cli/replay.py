@@ -25,7 +25,7 @@ def cmd_replay(args) -> int:
     cfg = registry.policy_config(args)
     hw_cfg, sched = from_args(HardwareConfig, args), from_args(SchedulerConfig, args)
     trace, rescaled = for_model(load_trace(args.trace), hw_cfg.model)
-    priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path)
+    priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path, trace.L)
     exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
     if cfg.spec.hindsight:
         policies = hindsight.candidates(trace, cfg.name, exits, **cfg.own())

@@ -76,9 +76,10 @@ class HardwareConfig:
     batch: int | None = option(None, "with --gpu: sequences decoded together in lockstep (default 1); under "
                                      "--scheduler des, the most requests in flight", kind=int)
 
-    def resolve(self, trace_model: str, heads: str, where: str) -> tuple[ModelSpec, cost.Hardware] | None:
-        """(model, Hardware) to price on, or None without --gpu; `trace_model`, `heads` and `where` (what
-        names the trace's model) come from the trace."""
+    def resolve(self, trace_model: str, heads: str, where: str, layers: int | None = None
+                ) -> tuple[ModelSpec, cost.Hardware] | None:
+        """(model, Hardware) to price on, or None without --gpu; `trace_model`, `heads`, `where` (what
+        names the trace's model) and `layers` (its depth) come from the trace."""
         if self.gpu is None:
             given = [f for f in ("tp", "pp", "batch") if getattr(self, f) is not None]
             if given:
@@ -86,19 +87,31 @@ class HardwareConfig:
             return None
         flag = "--model" if self.model else f"{where}: meta.model"
         tp, pp, batch = (1 if v is None else v for v in (self.tp, self.pp, self.batch))
-        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads, where=where)
+        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads, where=where,
+                        layers=layers)
 
 
-def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-             model_flag: str = "--model", heads: str = "lens",
-             where: str | None = None) -> tuple[ModelSpec, cost.Hardware]:
-    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
-    unknown name or a configuration that cannot run is a UserError naming the flag (or the field of
-    the trace `where`)."""
+def catalog_model(model_name: str, model_flag: str = "--model", where: str | None = None,
+                  layers: int | None = None) -> ModelSpec:
+    """The catalog model a trace of `layers` layers is priced as; one line naming the flag (or field) if
+    the catalog has no such model or it has another depth."""
     try:
         model = get_model(model_name)
     except UserError as e:
         raise UserError(f"{model_flag}: {e}") from None
+    if layers is not None and layers != model.layers:
+        raise UserError(f"{model_flag}: {model.name} has {model.layers} layers in the catalog, but "
+                        f"{where or 'the trace'} records {layers}")
+    return model
+
+
+def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
+             model_flag: str = "--model", heads: str = "lens", where: str | None = None,
+             layers: int | None = None) -> tuple[ModelSpec, cost.Hardware]:
+    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
+    unknown name, a model of other depth than the trace's `layers` or a configuration that cannot run
+    is a UserError naming the flag (or the field of the trace `where`)."""
+    model = catalog_model(model_name, model_flag, where, layers)
     try:
         model = with_heads(model, heads)
     except UserError as e:

@@ -27,7 +27,7 @@ from dexsim.des import simulate as des
 from dexsim.errors import UserError
 from dexsim.hardware import pricing
 from dexsim.replay.executor import unrecorded
-from dexsim.specs.catalog import get_gpu, get_model
+from dexsim.specs.catalog import get_gpu
 from dexsim.traces.format import Trace, load_trace
 from dexsim.traces.transforms import first_seqs, first_tokens, for_model
 
@@ -181,15 +181,15 @@ def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int
     return for_model(first_tokens(first_seqs(loaded(path), max_seqs), max_tokens), model, flag="--models")
 
 
-def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool) -> list:
+def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool,
+              layers: int) -> list:
     """The hardware configurations the model can run on; a trace's own model outside the catalog (a
-    dexref recording of another model) cannot be priced: one note, naming the field."""
+    dexref recording of another model), or of another depth, cannot be priced: one note, naming the field."""
     flag = f"{path}: meta.model" if own_model else "--models"
     try:
-        get_model(model_name)
+        pricing.catalog_model(model_name, flag, path, layers)
     except UserError as e:
-        notes.append(f"skipped {path}: {flag}: {e}" + ("; price it as a catalog model with --models NAME"
-                                                        if own_model else ""))
+        notes.append(f"skipped {path}: {e}" + ("; price it as a catalog model with --models NAME" if own_model else ""))
         return []
     out = []
     for gpu, tp, pp, batch in hw_grid:
@@ -292,7 +292,7 @@ def build_grid(cfg: SweepConfig) -> Grid:
             model = None if model_arg == "trace" else model_arg
             trace, rescaled = prepared(path, max_tokens, model, max_seqs)
             name = trace.meta.get("model")
-            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], path, model is None)
+            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], path, model is None, trace.L)
             if not hardware:
                 continue
             base = Job(path, max_tokens, model, cfg.seed, "ar", des_pps=des_pps, max_seqs=max_seqs)

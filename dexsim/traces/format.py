@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from dexsim.specs.catalog import get_model, models
+from dexsim.specs.catalog import get_model
 from dexsim.errors import UserError
 
 FORMAT = "dex-trace/1"
@@ -101,8 +101,9 @@ def _fail(trace: Trace, field: str, problem: str):
 # outside the catalog, that model (its arch is then the trace's own).
 META_TYPES = {"format": str, "model": str, "arch": dict, "heads": str, "dataset": str, "template": str,
               "sampling": dict, "synthetic": bool, "recorder": dict, "created": str, "sha256": str}
-# Upper bounds of the arch sizes that index arrays: depths are stored as int16 and tokens as int32.
-# The other sizes only price a replay; they must be exact in JSON (a double).
+# Bounds of the arch sizes that index arrays: at least 1, and depths are stored as int16 and tokens as
+# int32. The other sizes are the recorded model's own (the catalog prices a replay): non-negative and
+# exact in JSON (a double).
 ARCH_MAX = {"layers": np.iinfo(ARRAYS["depths"]).max, "vocab": np.iinfo(ARRAYS["final"]).max}
 JSON_INT_MAX = 2**53
 JSON_NAMES = {str: "a string", dict: "a JSON object", bool: "true/false"}
@@ -138,13 +139,9 @@ def _validate_meta(trace: Trace):
             if not isinstance(arch[key], str):
                 _fail(trace, "meta.arch.dtype", f"{arch[key]!r} is not a string")
             continue
-        high = ARCH_MAX.get(key, JSON_INT_MAX)
-        if not _is_int(arch[key]) or not 1 <= arch[key] <= high:
-            _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not an integer in [1, {high}]")
-    catalog = models().get(meta["model"])  # a catalog model is priced with the catalog's layers
-    if catalog is not None and arch["layers"] != catalog.layers:
-        _fail(trace, "meta.arch.layers", f"{arch['layers']}, but {meta['model']} has {catalog.layers} layers "
-                                         f"(dexsim/specs/data/models.json)")
+        low, high = (1, ARCH_MAX[key]) if key in ARCH_MAX else (0, JSON_INT_MAX)
+        if not _is_int(arch[key]) or not low <= arch[key] <= high:
+            _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not an integer in [{low}, {high}]")
 
 
 def _validate_shapes(trace: Trace):

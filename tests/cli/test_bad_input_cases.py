@@ -363,3 +363,14 @@ def test_cpu_local_profile_with_wrong_types(work, trace, monkeypatch, profile, f
 @pytest.mark.parametrize("flag,value", [("--fps", "1e-9"), ("--dpi", "0.001"), ("--fps", "inf")])
 def test_animate_frames_that_cannot_be_written(work, trace, flag, value):
     refused("viz", ["animate", "--trace", trace, "--tokens", "1", "--out", work / "f.gif", flag, value], flag)
+
+
+def test_a_catalog_model_of_another_depth_is_not_priced(work, trace):
+    """A trace whose meta.model is a catalog model of other depth than the trace's (loadable: dexref's tests
+    record tiny models that way) is not priced as that model: one line, naming the field and both depths."""
+    bad = meta_variant(trace, work / "other-depth.npz", lambda m: m.update(model="llama2-7b"))
+    assert run_cli("dexsim", ["replay", "--trace", bad]).rc == 0
+    refused("dexsim", ["replay", "--trace", bad, "--gpu", "l4-24gb"], "meta.model", "32 layers", "records 30")
+    refused("dexsim", ["sweep", "--traces", bad, *SW, "--out", work / "r-depth"], "meta.model", "records 30")
+    run = run_cli("dexsim", ["replay", "--trace", bad, "--gpu", "l4-24gb", "--model", "smollm2-135m"])
+    assert run.rc == 0, run.err  # mapped onto a model by relative depth: priced
