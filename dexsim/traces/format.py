@@ -113,6 +113,12 @@ def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)  # a `true` here is a broken writer, not a size
 
 
+def heads_ok(heads: str) -> bool:
+    """An exit-head kind a trace may record: the logit lens, or trained heads by name (the catalog's
+    exit_heads.json is needed only to price them)."""
+    return heads == "lens" or (heads.startswith("trained:") and heads != "trained:")
+
+
 def _validate_meta(trace: Trace):
     meta = trace.meta
     if not isinstance(meta, dict):
@@ -127,9 +133,8 @@ def _validate_meta(trace: Trace):
         _fail(trace, "meta.format", f"{meta['format']!r}, expected {FORMAT!r}")
     if not meta["model"].strip():
         _fail(trace, "meta.model", "empty")
-    heads = meta["heads"]
-    if heads != "lens" and not (heads.startswith("trained:") and heads != "trained:"):
-        _fail(trace, "meta.heads", f"{heads!r}: expected lens or trained:NAME")
+    if not heads_ok(meta["heads"]):
+        _fail(trace, "meta.heads", f"{meta['heads']!r}: expected lens or trained:NAME")
     arch = meta["arch"]
     for key in ARCH_KEYS:
         if key not in arch:

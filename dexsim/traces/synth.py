@@ -17,9 +17,9 @@ import numpy as np
 from dexsim.config import check_fits
 from dexsim.depths import check_depths, parse_depths
 from dexsim.errors import UserError
-from dexsim.specs.catalog import get_model, with_heads
+from dexsim.specs.catalog import get_model
 from dexsim.traces.analyze import ead_indices
-from dexsim.traces.format import ARRAYS, Trace, load_trace, make_meta, trace_checksum
+from dexsim.traces.format import ARRAYS, Trace, heads_ok, load_trace, make_meta, trace_checksum
 
 # Bytes per (token, depth) cell of the [N, D] arrays alive at once while drawing: the correct mask (bool),
 # the wrong tokens and the exit tokens (int64), the exit tokens as stored (int32), the confidence
@@ -127,10 +127,8 @@ def synth_trace(model: str, n_seqs: int, tokens_per_seq: int, *, depths=None, ea
         spec = get_model(model)
     except UserError as e:
         raise UserError(f"--model: {e}") from None
-    try:
-        with_heads(spec, heads)  # a head kind the catalog prices
-    except UserError as e:
-        raise UserError(f"--heads: {e}") from None
+    if not heads_ok(heads):
+        raise UserError(f"--heads {heads!r}: expected lens or trained:NAME")
     L, vocab = spec.layers, spec.vocab
     if isinstance(depths, str):
         depths = parse_depths(depths, L)
