@@ -3,7 +3,9 @@
 A concern's settings are a frozen dataclass whose fields carry their help text (`option`). `add_flags`
 makes its argparse flags and `from_args` builds it from the parsed flags, once, at the edge: library
 code takes the dataclass and never sees argparse. `Parser` and `run` are the one argparse front end
-of every CLI here (dexsim, dexref, viz): bad input is one line on stderr and exit status 2.
+of every CLI here (dexsim, dexref, viz, proofs): bad input is one line on stderr and exit status 2.
+The checks every command shares are here too: a seed's range (`parse_seed`), a size against this
+machine's memory before allocating (`check_fits`), an output path before long work (`check_writable`).
 """
 from __future__ import annotations
 
