@@ -128,6 +128,8 @@ class Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         """argparse's, and no flag or argument here takes an empty value: a path, a name or a list."""
         ns, rest = super().parse_known_args(args, namespace)
+        if "" in rest:
+            raise UserError(f"{self.prog}: unrecognized arguments: '' (an empty argument)")
         for action in self._actions:
             value = getattr(ns, action.dest, None)
             if value == "" and action.default != "":

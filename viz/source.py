@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,7 +86,7 @@ def load_events(path: str) -> tuple[np.ndarray, dict]:
             events, meta_text = z["events"], str(z["meta"])
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as e:
         raise UserError(f"{path}: cannot read as .npz ({e})") from None
     try:
         meta = json.loads(meta_text)

@@ -230,7 +230,7 @@ def _read_arrays(path: str) -> dict:
     not_npz = UserError(f"{path}: file: not a readable npz archive (not a zip, truncated or corrupt)")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
         raise not_npz from None
     if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array
         raise not_npz
@@ -241,7 +241,10 @@ def _read_arrays(path: str) -> dict:
                 raise UserError(f"{path}: {field}: missing array")
             try:
                 arrays[field] = npz[field]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # zipfile raises RuntimeError for a member flagged encrypted, NotImplementedError for an
+            # unknown compression method: damage too
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+                    NotImplementedError) as e:
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise UserError(f"{path}: {field}: unreadable, truncated or corrupt ({reason})") from None
     return arrays

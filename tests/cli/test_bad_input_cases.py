@@ -374,3 +374,19 @@ def test_a_catalog_model_of_another_depth_is_not_priced(work, trace):
     refused("dexsim", ["sweep", "--traces", bad, *SW, "--out", work / "r-depth"], "meta.model", "records 30")
     run = run_cli("dexsim", ["replay", "--trace", bad, "--gpu", "l4-24gb", "--model", "smollm2-135m"])
     assert run.rc == 0, run.err  # mapped onto a model by relative depth: priced
+
+
+def test_a_zip_member_flagged_encrypted(work, trace, events):
+    """Found by the property suite under `thorough`: one flipped bit makes zipfile raise RuntimeError."""
+    for src, prog, argv in ((trace, "dexsim", ["analyze", "--trace"]), (events, "viz", ["animate", "--events"])):
+        data = bytearray(Path(src).read_bytes())
+        data[6] |= 1  # the first member's local header: encrypted
+        central = data.find(b"PK\x01\x02")
+        data[central + 8] |= 1  # and its central directory entry
+        bad = work / f"encrypted-{Path(src).name}"
+        bad.write_bytes(bytes(data))
+        refused(prog, [*argv, bad, *(["--out", work / "enc.gif"] if prog == "viz" else [])], bad)
+
+
+def test_an_empty_argument_is_named():
+    refused("proofs", ["--json", ""], "''")

@@ -437,7 +437,7 @@ def test_viz_sweep(world, data):
                              "--traces": pick(st.just(world["trace"]))}))
 
     def written(run):
-        assert all(Path(p).is_file() for p in run.out.split())
+        assert all(Path(p).is_file() for p in run.out.splitlines())
     holds("viz", ["sweep", str(results), *extra], written, positional=["results"])
 
 
@@ -496,7 +496,7 @@ def test_proofs_flags(argv):
                 all(a in ("--json", "--quiet", "--workers", value) for a in argv):
             return  # valid again
     run = run_cli("proofs", argv)
-    check_clean(run, [one_line(a) for a in argv if a])
+    check_clean(run, [one_line(a) for a in argv if a] + ["''"])
     assert run.rc == 2
 
 
