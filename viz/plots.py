@@ -100,9 +100,10 @@ def load_rows(results: str) -> tuple[list[dict], Path]:
 
 
 def _check_types(rows: list[dict], p: Path) -> None:
-    """Every known numeric or true/false column a row holds has a sweep row's type (null allowed: plots
-    skip unpriced rows; text columns may read as numbers from a CSV)."""
-    types = {k: t for k, t in column_types().items() if str not in t and list not in t}
+    """Every known column a row holds has a sweep row's type (null allowed: plots skip unpriced rows),
+    as a CSV can hold it (text that reads as a number, a list as its text)."""
+    types = {k: t + ((int, float) if str in t else ()) + ((str,) if list in t else ())
+             for k, t in column_types().items()}
     for i, r in enumerate(rows):
         for name, value in r.items():
             problem = name in types and value is not None and field_problem(name, value, types[name])

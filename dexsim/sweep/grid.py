@@ -163,7 +163,7 @@ def default_traces_glob() -> str:
 def find_traces(patterns: str) -> list[str]:
     paths = []
     for pattern in csv_list("--traces", patterns):
-        found = sorted(glob.glob(pattern))
+        found = sorted(p for p in glob.glob(pattern) if not os.path.isdir(p))
         if not found:
             raise UserError(f"--traces {pattern!r}: no file matches")
         paths += [p for p in found if p not in paths]

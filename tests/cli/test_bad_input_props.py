@@ -227,7 +227,8 @@ def damaged_events(draw, world) -> str:
         field = draw(st.sampled_from(ev.dtype.names))
         info = np.iinfo(ev.dtype[field]) if ev.dtype[field].kind in "iu" else np.finfo(ev.dtype[field])
         at = draw(st.lists(st.integers(0, len(ev) - 1), min_size=1, max_size=3))
-        ev[field][at] = draw(st.sampled_from([info.min, info.max, 0, -1, 1, 2, 31, 999]))
+        value = draw(st.sampled_from([info.min, info.max, 0, -1, 1, 2, 31, 999]))
+        ev[field][at] = np.array(value).astype(ev.dtype[field])  # wrapped into the field's type
     else:
         meta[draw(st.sampled_from(sorted(meta)))] = draw(JSON_VALUE)
     np.savez(path, events=ev, meta=np.array(json.dumps(meta)))
