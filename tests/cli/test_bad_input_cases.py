@@ -390,3 +390,12 @@ def test_a_zip_member_flagged_encrypted(work, trace, events):
 
 def test_an_empty_argument_is_named():
     refused("proofs", ["--json", ""], "''")
+
+
+def test_viz_sweep_text_column_holding_a_list(work, results):
+    out = damaged_results(results, work / "v-list", set_field("model", [1]))
+    refused("viz", ["sweep", out / "sweep.jsonl", "--out", work / "v-list-plots"], "sweep.jsonl", "field model")
+
+
+def test_sweep_traces_matching_only_a_folder(work):
+    refused("dexsim", ["sweep", "--traces", f"{work}/", *SW, "--out", work / "r-folder"], "--traces")
