@@ -31,9 +31,7 @@ def add_heads_flag(p) -> None:
 
 
 def _check_out_folder(out: str) -> None:
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise UserError(f"--out {out}: no such folder {folder}")
+    config.check_writable("--out", out)
 
 
 def policy_from_args(args, L: int, heads=None):
@@ -64,7 +62,7 @@ def cmd_fetch(args) -> int:
 
 def _prompt_text(args) -> str:
     if (args.prompt is None) == (args.prompt_file is None):
-        raise UserError("give exactly one of --prompt TEXT and --prompt-file F")
+        raise UserError("--prompt TEXT or --prompt-file F: exactly one is required")
     if args.prompt is not None:
         return args.prompt
     try:
@@ -81,7 +79,8 @@ def cmd_generate(args) -> int:
 
     text = _prompt_text(args)
     if not text:
-        raise UserError("the prompt is empty")
+        given = "--prompt" if args.prompt is not None else f"--prompt-file {args.prompt_file}"
+        raise UserError(f"{given}: the prompt is empty")
     from .exits import resolve
 
     mcfg = from_args(ModelConfig, args)
@@ -357,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps")
     p.add_argument("--batch", type=int, default=128, help="positions per step")
     p.add_argument("--lr", type=float, default=DEFAULT_LR, help="Adam learning rate (cosine decay to a tenth)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initialisation and the batch order")
+    p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the initialisation and the batch order")
     p.add_argument("--out", required=True, help="manifest to write, NAME.json (NAME.safetensors beside it)")
     p.set_defaults(func=cmd_train_exits)
     return parser

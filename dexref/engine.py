@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from dexsim.core import lattice as core
+from dexsim.config import check_seed
 from dexsim.errors import UserError
 
 from .model import Transformer, attend, attend_one, attn_scale, embed, finish, head, prefill, qkv, window
@@ -61,8 +62,7 @@ class Sampling:
             raise UserError(f"--sampling {self.rule!r}: must be one of {', '.join(SAMPLING_RULES)}")
         if not self.temperature > 0 or not np.isfinite(self.temperature):
             raise UserError(f"--temperature {self.temperature}: must be a positive number")
-        if self.seed < 0:
-            raise UserError(f"--seed {self.seed}: must be >= 0")
+        check_seed(self.seed)
 
     def meta(self) -> dict:
         return {"rule": self.rule, "seed": self.seed if self.rule == "gumbel" else None,

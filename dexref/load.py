@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dexsim.config import option
+from dexsim.config import option, parse_seed
 from dexsim.depths import parse_depths
 from dexsim.errors import UserError
 
@@ -21,7 +21,7 @@ class ModelConfig:
     device: str | None = option(None, "cpu | cuda | cuda:N (default: a GPU when one is present)")
     template: str = option("raw", "raw | chat (the model's chat template, one user turn)")
     sampling: str = option("greedy", "greedy | gumbel (seeded Gumbel-max)")
-    seed: int = option(0, "gumbel: the noise seed")
+    seed: int = option(0, "gumbel: the noise seed", kind=parse_seed)
     temperature: float = option(1.0, "gumbel: temperature T")
     threads: int | None = option(None, "torch CPU threads (default: torch's)", kind=int)
 

@@ -8,20 +8,43 @@ line passes.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import os
 import sys
 import time
+
+from dexsim import config
+from dexsim.errors import UserError
 
 from .run import run_all
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m proofs", description=__doc__.splitlines()[0])
+def _workers(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise UserError(f"--workers {text!r}: expected a positive integer") from None
+    cpus = os.cpu_count() or 1
+    if not 1 <= n <= cpus:
+        raise UserError(f"--workers {n}: must be in [1, {cpus}] (this machine's CPUs: each worker is a process)")
+    return n
+
+
+def build_parser() -> config.Parser:
+    ap = config.Parser(prog="python -m proofs", description=__doc__.splitlines()[0])
     ap.add_argument("--json", action="store_true", help="print one JSON array of results instead of lines")
     ap.add_argument("--quiet", action="store_true", help="do not print the mutants' counterexample traces")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
-    args = ap.parse_args(argv)
+    ap.add_argument("--workers", type=_workers, default=2, help="worker processes (default 2)")
+    ap.set_defaults(func=run)
+    return ap
+
+
+def main(argv=None) -> int:
+    """Bad flags: one line on stderr and exit status 2, as in every CLI here (dexsim.config.run)."""
+    return config.run(build_parser, argv)
+
+
+def run(args) -> int:
     t = time.perf_counter()
 
     def show(r):

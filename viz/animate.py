@@ -22,13 +22,14 @@ from dataclasses import replace
 
 import numpy as np
 
+from dexsim import config
 from dexsim.errors import UserError
 from dexsim.core import registry
 from dexsim.depths import on_trace
 from dexsim.traces.format import load_trace
 
 from . import player, source
-from .draw import LatticeFigure
+from .draw import LatticeFigure, figure_inches
 from .frames import build_frames, token_range
 from .labels import make_labels
 from .output import check_out
@@ -36,6 +37,11 @@ from .output import check_out
 EXTENSIONS = (".gif", ".mp4", ".html")
 DEFAULT_TOKENS = 4
 MAX_FRAMES = 1500
+# RGBA frame-sized buffers alive at once while rendering: Agg's canvas, the cached background (blitting),
+# the rendered frame and the writer's copy of it.
+FRAME_BUFFERS = 4
+GIF_MAX_SIDE = 2**16 - 1  # a GIF stores its width and height in 16 bits
+GIF_MAX_DELAY_S = (2**16 - 1) / 100  # and a frame's delay in hundredths of a second, in 16 bits
 
 
 # ---------------------------------------------------------------------------- sources to frames
@@ -121,20 +127,36 @@ def cmd_animate(args) -> int:
     ext = check_out(args.out, EXTENSIONS)
     if ext == ".mp4" and not player.ffmpeg_available():
         raise UserError(f"--out {args.out}: MP4 needs ffmpeg on PATH (not found); use .gif or .html")
-    if args.fps <= 0 or args.dpi <= 0:
-        raise UserError("--fps and --dpi must be > 0")
+    for flag, value in (("--fps", args.fps), ("--dpi", args.dpi)):
+        if not 0 < value < float("inf"):
+            raise UserError(f"{flag} {value}: must be a positive number")
+    if ext == ".gif" and 1 / args.fps > GIF_MAX_DELAY_S:
+        raise UserError(f"--fps {args.fps:g}: a GIF frame lasts at most {GIF_MAX_DELAY_S:g} s")
     runs = runs_from_args(args)
     ranges, frame_lists = zip(*(frames_of(r, args.start, args.tokens, args.max_frames) for r in runs))
     labels = make_labels(args.tokenizer, runs[0])
     where = args.trace or args.events or f"{args.model}: {args.prompt!r}"
     rng = ranges[0]
     title = f"{where}  sequence {args.seq}  tokens {rng.start}..{rng.start + rng.tokens - 1}"
+    _, width, height = figure_inches(list(frame_lists))
+    check_frame_size((width * args.dpi, height * args.dpi), args.dpi, ext)
     fig = lattice_figure(runs, frame_lists, labels, dpi=args.dpi, title=title, show_labels=not args.no_labels)
     n = fig.n_frames
     player.write_animation(fig.render, n, fig.size, args.out, ext, args.fps)
     detail = ", ".join(f"{r.label}: rounds {g.r0 + 1}..{g.r1 + 1}" for r, g in zip(runs, ranges))
     print(f"{args.out}: {n} frames ({detail})")
     return 0
+
+
+def check_frame_size(size: tuple[float, float], dpi: float, ext: str) -> None:
+    """Frames of `size` pixels can be rendered and written: checked before the first one is."""
+    w, h = size
+    if round(w) < 1 or round(h) < 1:
+        raise UserError(f"--dpi {dpi:g}: frames of {w:.2f}x{h:.2f} pixels, less than one pixel a side")
+    if ext == ".gif" and max(w, h) > GIF_MAX_SIDE:
+        raise UserError(f"--dpi {dpi:g}: frames of {w:.0f}x{h:.0f} pixels, more than a GIF holds "
+                        f"({GIF_MAX_SIDE} a side)")
+    config.check_fits(f"--dpi {dpi:g}", FRAME_BUFFERS * 4 * w * h, f"rendering frames of {w:.0f}x{h:.0f} pixels")
 
 
 def register(sub) -> None:
@@ -146,7 +168,7 @@ def register(sub) -> None:
     p.add_argument("--prompt", default=None, help="with --model: the prompt text")
     p.add_argument("--template", default="raw", help="with --model: raw | chat (the model's chat template)")
     registry.add_policy_flags(p, default=None)
-    p.add_argument("--seed", type=int, default=0, help="seed of the off-path exit tokens and confidences")
+    p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the off-path exit tokens and confidences")
     p.set_defaults(policy=None)  # None: dex for a trace, the recorded policy for an events file
     p.add_argument("--compare", default=None, help="policies side by side, e.g. ar,layerskip,dex (with --trace)")
     p.add_argument("--seq", type=int, default=0, help="which sequence of the trace or log (default 0)")

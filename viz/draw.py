@@ -166,6 +166,18 @@ def panel_geometry(frame_lists: list[list[Frame]], context_pad: float = 0.6) -> 
     return (min(positions) - context_pad, max(positions) + context_pad), lanes
 
 
+def figure_inches(frame_lists: list[list[Frame]]) -> tuple[float, float, float]:
+    """(panel width, figure width, figure height) in inches of panels side by side, one per frame list."""
+    xlim, _ = panel_geometry(frame_lists)
+    span = xlim[1] - xlim[0]
+    n = len(frame_lists)
+    if n > 1:
+        panel_w = float(np.clip(1.0 + 0.42 * span, 4.5, 7.0))
+    else:
+        panel_w = float(np.clip(2.0 + 0.5 * span, 7.0, 14.0))
+    return panel_w, 0.4 + n * panel_w, 5.2
+
+
 class LatticeFigure:
     """Panels side by side, one per event log, with a legend and a frame counter; `render(i)` gives
     frame i as an RGBA array. A panel whose frames run out holds its last one.
@@ -179,13 +191,8 @@ class LatticeFigure:
         self.frame_lists = frame_lists
         self.n_frames = max(len(f) for f in frame_lists)
         xlim, lanes = panel_geometry(frame_lists)
-        span = xlim[1] - xlim[0]
         n = len(frame_lists)
-        if n > 1:
-            panel_w = float(np.clip(1.0 + 0.42 * span, 4.5, 7.0))
-        else:
-            panel_w = float(np.clip(2.0 + 0.5 * span, 7.0, 14.0))
-        width, height = 0.4 + n * panel_w, 5.2
+        panel_w, width, height = figure_inches(frame_lists)
         # whole pixels, so every writer agrees on the frame size
         width, height = round(width * dpi) / dpi, round(height * dpi) / dpi
         self.fig = fig = new_figure(width, height, dpi)

@@ -30,6 +30,7 @@ import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
 from dexsim.core import registry
+from dexsim.sweep.rows import column_types, field_problem
 from dexsim.traces.analyze import analyze
 from dexsim.errors import UserError
 from dexsim.traces.format import load_trace
@@ -68,9 +69,12 @@ def load_rows(results: str) -> tuple[list[dict], Path]:
     elif not p.is_file():
         raise UserError(f"{results}: no such folder or file")
     try:
-        text = p.read_text()
+        text = p.read_bytes().decode("utf-8")
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        line = p.read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"{p}: line {line}: not UTF-8 text") from None
     try:
         if p.suffix == ".json":
             rows = json.loads(text)
@@ -83,13 +87,28 @@ def load_rows(results: str) -> tuple[list[dict], Path]:
             raise UserError(f"{p}: expected a .json, .jsonl or .csv results file")
     except ValueError as e:
         raise UserError(f"{p}: not valid {p.suffix[1:]} ({e})") from None
+    except RecursionError:
+        raise UserError(f"{p}: not valid {p.suffix[1:]} (nested too deeply)") from None
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise UserError(f"{p}: expected a list of result rows")
     need = {"trace", "policy", "gpu", "tokens_per_s", "speedup_vs_ar"}
     if rows and not need <= rows[0].keys():
         missing = ", ".join(sorted(need - rows[0].keys()))
         raise UserError(f"{p}: result rows lack column(s) {missing}")
+    _check_types(rows, p)
     return rows, p
+
+
+def _check_types(rows: list[dict], p: Path) -> None:
+    """Every known column a row holds has a sweep row's type (null allowed: plots skip unpriced rows),
+    as a CSV can hold it (text that reads as a number, a list as its text)."""
+    types = {k: t + ((int, float) if str in t else ()) + ((str,) if list in t else ())
+             for k, t in column_types().items()}
+    for i, r in enumerate(rows):
+        for name, value in r.items():
+            problem = name in types and value is not None and field_problem(name, value, types[name])
+            if problem:
+                raise UserError(f"{p}: row {i + 1}: {problem}")
 
 
 def _usable(rows: list[dict]) -> list[dict]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,11 +86,11 @@ def load_events(path: str) -> tuple[np.ndarray, dict]:
             events, meta_text = z["events"], str(z["meta"])
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError, NotImplementedError) as e:
         raise UserError(f"{path}: cannot read as .npz ({e})") from None
     try:
         meta = json.loads(meta_text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise UserError(f"{path}: field 'meta' is not JSON") from None
     fmt = meta.get("format") if isinstance(meta, dict) else None
     if fmt != EVENTS_FORMAT:
@@ -99,9 +100,57 @@ def load_events(path: str) -> tuple[np.ndarray, dict]:
         raise UserError(f"{path}: field 'meta.kinds' differs from this core's event kinds")
     if events.dtype != core.EVENT_DTYPE:
         raise UserError(f"{path}: field 'events' has dtype {events.dtype}, expected {core.EVENT_DTYPE}")
-    if not isinstance(meta.get("L"), int) or meta["L"] < 1:
-        raise UserError(f"{path}: field 'meta.L' must be a positive integer")
+    L = meta.get("L")
+    if not isinstance(L, int) or isinstance(L, bool) or not 1 <= L <= np.iinfo(events.dtype["depth"]).max:
+        raise UserError(f"{path}: field 'meta.L' must be a positive integer (at most "
+                        f"{np.iinfo(events.dtype['depth']).max})")
+    _check_values(events, L, path)
     return events, meta
+
+
+def _check_values(ev: np.ndarray, L: int, path: str) -> None:
+    """Every event's fields in range (DESIGN.md section 3): one line naming the field and the first bad event."""
+    if ev.ndim != 1:
+        raise UserError(f"{path}: field 'events' is {ev.ndim}-d, expected 1-d")
+    advance = ev["kind"] == core.ADVANCE
+    checks = [("kind", ev["kind"] >= len(core.EVENT_NAMES), f"not an event kind (0..{len(core.EVENT_NAMES) - 1})"),
+              ("seq", ev["seq"] < 0, "negative"), ("round", ev["round"] < 0, "negative"),
+              ("node", ev["node"] < 0, "negative"), ("parent", ev["parent"] < -1, "below -1"),
+              ("pos", ev["pos"] < 0, "negative"),
+              ("depth", (ev["depth"] < 0) | (ev["depth"] > L), f"outside 0..meta.L={L}"),
+              ("n", advance & ((ev["n"] < 1) | (ev["n"] > L - ev["depth"])),
+               f"an advance past meta.L={L} or of no layer"),
+              ("conf", ~np.isfinite(ev["conf"]), "NaN or inf")]
+    for field, bad, what in checks:
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise UserError(f"{path}: field 'events.{field}': {ev[field][i]} at event {i} is {what}")
+
+
+def check_references(ev: np.ndarray, path: str, seq: int) -> None:
+    """One sequence's events refer only to nodes spawned before them and not yet discarded, in round order."""
+    spawned, gone = set(), set()
+    last_round = -1
+    for i, (kind, rnd, node, parent) in enumerate(zip(ev["kind"].tolist(), ev["round"].tolist(),
+                                                      ev["node"].tolist(), ev["parent"].tolist())):
+        where = f"{path}: sequence {seq}, event {i}"
+        if rnd < last_round:
+            raise UserError(f"{where}: field 'events.round' goes back from {last_round} to {rnd}")
+        last_round = rnd
+        if kind == core.SPAWN:
+            if node in spawned:
+                raise UserError(f"{where}: field 'events.node': node {node} spawned twice")
+            if parent != -1 and parent not in spawned:
+                raise UserError(f"{where}: field 'events.parent': node {parent} was never spawned")
+            spawned.add(node)
+            continue
+        if node not in spawned or node in gone:
+            raise UserError(f"{where}: field 'events.node': node {node} is not live "
+                            f"({'discarded' if node in gone else 'never spawned'})")
+        if kind == core.COLLAPSE and parent not in spawned:
+            raise UserError(f"{where}: field 'events.parent': node {parent} was never spawned")
+        if kind == core.DISCARD:
+            gone.add(node)
 
 
 def from_events(path: str, seq: int, policy_flag: str | None = None) -> RunLog:
@@ -115,6 +164,7 @@ def from_events(path: str, seq: int, policy_flag: str | None = None) -> RunLog:
         have = f"{seqs.min()}..{seqs.max()}" if len(seqs) else "none"
         raise UserError(f"--seq {seq}: not in {path} (sequences {have})")
     ev = events[events["seq"] == seq]
+    check_references(ev, path, seq)
     L = int(meta["L"])
     exits = meta.get("exits")
     exit_list = [int(x) for x in exits.split(",")] if isinstance(exits, str) and exits else None

@@ -9,6 +9,7 @@ from dexsim.specs import calibrate as calib
 from dexsim.specs.catalog import get_gpu, get_model, gpus, model_spec, models
 from dexsim.traces.format import load_trace
 from dexsim.hardware.cost import PARTS, Hardware, ar_breakdown, check_hardware
+from dexsim.config import check_writable
 from dexsim.errors import UserError
 
 
@@ -27,7 +28,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
@@ -43,7 +44,7 @@ def cost_report(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch:
                 context: int = 128) -> dict:
     model = _named("--model", get_model, model_name)
     hw = Hardware(_named("--gpu", get_gpu, gpu_name), tp=tp, pp=pp, batch=batch)
-    check_hardware(model, hw)
+    check_hardware(model, hw, context)
     b = ar_breakdown(model, hw, context)
     dominant = max(PARTS, key=lambda p: b[p])
     return {"model": model.name, "gpu": hw.gpu.name, "tp": tp, "pp": pp, "batch": batch, "context": context,
@@ -98,6 +99,8 @@ def _cmd_models(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
+    if args.out is not None:
+        check_writable("--out", args.out)
     profile = calib.measure(args.seconds)
     path = calib.write_profile(profile, args.out)
     print(f"cpu-local: {profile['memory_bandwidth'] / 1e9:.1f} GB/s, {profile['peak_flops'] / 1e9:.1f} GFLOP/s "

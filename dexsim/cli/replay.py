@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from dexsim import depths as depth_sets
+from dexsim import config
 from dexsim.config import add_flags, from_args
 from dexsim.core import registry
 from dexsim.core.policies import AR
@@ -24,7 +25,7 @@ def cmd_replay(args) -> int:
     cfg = registry.policy_config(args)
     hw_cfg, sched = from_args(HardwareConfig, args), from_args(SchedulerConfig, args)
     trace, rescaled = for_model(load_trace(args.trace), hw_cfg.model)
-    priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path,
+    priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path, trace.L,
                                arch=trace.meta.get("arch"))
     exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
     if cfg.spec.hindsight:
@@ -33,6 +34,8 @@ def cmd_replay(args) -> int:
         policies = [registry.make_policy(cfg.name, trace.L, exits=exits, depths=trace.depths, **cfg.own())]
     sched.check(priced_on is not None)
     events = args.events if not cfg.spec.hindsight else None
+    if events is not None:
+        config.check_writable("--events", events)
     timed = replay_des if sched.scheduler == "des" else replay_lockstep
     out = timed(trace, cfg, policies, priced_on, sched, rescaled, seed=args.seed, events=events)
     if args.json:
@@ -98,7 +101,8 @@ def register(sub) -> None:
     p = sub.add_parser("replay", help="replay a trace under a policy and print its counters (priced with --gpu)")
     p.add_argument("--trace", required=True, help="trace file (.npz, DESIGN.md section 5)")
     registry.add_policy_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the off-path exit tokens and confidences (and poisson arrivals)")
+    p.add_argument("--seed", type=config.parse_seed, default=0,
+                   help="seed of the off-path exit tokens and confidences (and poisson arrivals)")
     add_flags(p, HardwareConfig)
     add_flags(p, SchedulerConfig)
     p.add_argument("--events", default=None, help="write the event log to this .npz")

@@ -27,9 +27,15 @@ def _default_jobs() -> int:
 def cmd_sweep(args) -> int:
     cfg = config.from_args(SweepConfig, args, axes={n: getattr(args, n) for n in PARAMS}).checked()
     grid = build_grid(cfg)
-    for note in dict.fromkeys(grid.notes):
-        print(f"note: {note}", file=sys.stderr)
-    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs)
+    if not grid.specs:
+        why = grid.notes[0] if grid.notes else "no rows"
+        raise UserError(f"nothing to run: every configuration was skipped ({why})")
+
+    def notes():  # once the folder is ours: a refused run says one line, not the grid's notes too
+        for note in dict.fromkeys(grid.notes):
+            print(f"note: {note}", file=sys.stderr)
+
+    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes)
     print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
     scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
     print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")

@@ -1,11 +1,13 @@
 """`python -m dexsim synth`: write a synthetic trace (dexsim/traces/synth.py)."""
 from __future__ import annotations
 
+from dexsim import config
 from dexsim.traces.format import save_trace
 from dexsim.traces.synth import EAD_FORMS, synth_trace
 
 
 def run(args) -> int:
+    config.check_writable("--out", args.out)
     trace = synth_trace(args.model, args.seqs, args.tokens, depths=args.depths, ead=args.ead,
                         flicker=args.flicker, change_rate=args.change_rate, prompt_len=args.prompt_len,
                         seed=args.seed, heads=args.heads)
@@ -25,6 +27,6 @@ def register(subparsers):
     p.add_argument("--change-rate", type=float, default=0.3, help="per-layer change rate of wrong exit tokens")
     p.add_argument("--prompt-len", type=int, default=64, help="prompt length recorded for every sequence")
     p.add_argument("--heads", default="lens", help='exit-head kind recorded in meta ("lens" or "trained:NAME")')
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the random draws")
     p.add_argument("--out", required=True, help="output .npz path")
     p.set_defaults(func=run)

@@ -58,7 +58,7 @@ PARAMS = {p.name: p for p in (
     Param("buffer", int, 8, "most live branches B", low=0),
     Param("priority", str, "eager", "which branches advance first", choices=PRIORITIES,
           axis="priorities", axis_default="eager,deep"),
-    Param("exit", int, None, "the fixed exit depth e (default: the readable depth nearest L/2)",
+    Param("exit", int, None, "the fixed exit depth e (default: the readable depth nearest L/2)", low=1,
           on_model=nearest_half),
     Param("draft", int, None, f"draft length gamma (layerskip: {DEFAULT_DRAFT} if not given; oracle-select "
           f"searches {', '.join(map(str, ORACLE_DRAFTS))} if not given)", low=0, axis="drafts", axis_default="1,2,4"),

@@ -189,5 +189,10 @@ def add_policy_flags(parser, known: list[str] | None = None, default: str | None
 
 
 def policy_config(args) -> PolicyConfig:
-    """The PolicyConfig of parsed `add_policy_flags` flags."""
-    return PolicyConfig(args.policy, {name: getattr(args, name) for name in PARAMS if hasattr(args, name)})
+    """The PolicyConfig of parsed `add_policy_flags` flags; every value given is in its range, whether or
+    not the chosen policy reads it (`--threshold 1.1` is a mistake under any policy)."""
+    params = {name: getattr(args, name) for name in PARAMS if hasattr(args, name)}
+    for name, value in params.items():
+        if value is not None:
+            PARAMS[name].check(value)
+    return PolicyConfig(args.policy, params)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -54,7 +55,7 @@ import numpy as np
 from dexsim.hardware import cost
 from dexsim.des.plan import Durations, Plan, compile_plan, durations, timeline
 from dexsim.des.record import WorkLog
-from dexsim.config import option
+from dexsim.config import check_fits, check_writable, option
 from dexsim.errors import UserError
 
 ARRIVALS = ("closed", "poisson")
@@ -87,6 +88,8 @@ class SchedulerConfig:
                 raise UserError(f"--{given[0].replace('_', '-')}: needs --scheduler des")
         elif not priced:
             raise UserError("--scheduler des: needs --gpu")
+        if self.trace_out is not None:
+            check_writable("--trace-out", self.trace_out)
 
     def load(self, batch: int, seed: int) -> "Load":
         return parse_load(self.arrival, self.requests, batch, seed, micro_batch=self.micro_batch)
@@ -174,6 +177,7 @@ def simulate(log: WorkLog, model, hw, load: Load, *, plan: Plan | None = None, e
     one request is in flight, i.e. batch 1, else SimPy), alone, or simpy."""
     if log.L != model.layers:
         raise ValueError(f"work log has {log.L} layers, model {model.name} has {model.layers}")
+    _check_size(log, load)
     plan = plan if plan is not None and plan.pp == hw.pp else compile_plan(log, hw.pp)
     dur = durations(plan, model, hw)
     seqs = request_seqs(log.n_seqs, load)
@@ -187,6 +191,22 @@ def simulate(log: WorkLog, model, hw, load: Load, *, plan: Plan | None = None, e
         res = _Serve(plan, dur, load, seqs, model, hw, want_events).run()
     res.plan = plan
     return res
+
+
+# Memory per simulated token: its commit time, the times it is computed from and its index (four 8-byte
+# array entries), and its commit record (a Python tuple of a time and a request id); per request: its
+# arrival, start and finish times and its sequence (8 bytes each).
+TOKEN_BYTES = 4 * 8 + sys.getsizeof((0.0, 0)) + sys.getsizeof(0.0) + sys.getsizeof(0)
+REQUEST_BYTES = 4 * 8
+
+
+def _check_size(log: WorkLog, load: Load) -> None:
+    """The requests' tokens fit in memory, or one line naming --requests, before anything is allocated."""
+    n = log.n_seqs if load.requests is None else load.requests
+    per_seq = np.asarray(log.counters["tokens"], np.int64)
+    tokens = (n // log.n_seqs) * int(per_seq.sum()) + int(per_seq[: n % log.n_seqs].sum())
+    check_fits(f"--requests {n}", tokens * TOKEN_BYTES + n * REQUEST_BYTES,
+               f"simulating {n:,} requests ({tokens:,} tokens)")
 
 
 # ---------------------------------------------------------------------------- arrivals

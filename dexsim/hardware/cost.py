@@ -239,13 +239,15 @@ def weight_bytes_per_gpu(model: ModelSpec, hw: Hardware) -> float:
     return (math.ceil(model.layers / hw.pp) * layer_params(model) * bpw + other) / hw.tp
 
 
-def kv_reserve_bytes_per_gpu(model: ModelSpec, hw: Hardware) -> float:
-    tokens = memory_fit()["kv_reserve_tokens_per_sequence"] * hw.batch
+def kv_reserve_bytes_per_gpu(model: ModelSpec, hw: Hardware, context: int = 0) -> float:
+    """The KV cache a GPU keeps for a batch: the reserve's positions per sequence, or `context` if more."""
+    tokens = max(memory_fit()["kv_reserve_tokens_per_sequence"], context) * hw.batch
     return math.ceil(model.layers / hw.pp) * tokens * kv_bytes_per_token(model) / hw.tp
 
 
-def check_hardware(model: ModelSpec, hw: Hardware) -> None:
-    """Raise UserError (naming the flag) when `model` cannot run as `hw` describes."""
+def check_hardware(model: ModelSpec, hw: Hardware, context: int = 0) -> None:
+    """Raise UserError (naming the flag) when `model` cannot run as `hw` describes, with `context` KV
+    positions per sequence (0: the reserve's)."""
     for flag, value in (("--tp", hw.tp), ("--pp", hw.pp), ("--batch", hw.batch)):
         _positive_int(flag, value)
     for what, n in (("attention heads", model.heads), ("KV heads", model.kv_heads)):
@@ -256,8 +258,18 @@ def check_hardware(model: ModelSpec, hw: Hardware) -> None:
     if hw.tp * hw.pp > 1 and hw.gpu.interconnect.kind == "none":
         raise UserError(f"--tp/--pp: {hw.gpu.name} has no interconnect, so tp x pp must be 1")
     usable = hw.gpu.memory_bytes * (1 - memory_fit()["runtime_reserve_fraction"])
-    need = weight_bytes_per_gpu(model, hw) + kv_reserve_bytes_per_gpu(model, hw)
-    if need > usable:
-        raise UserError(f"--tp/--pp: {model.name} needs {need / 1e9:.1f} GB per GPU (weights + KV reserve) "
-                        f"at tp={hw.tp} pp={hw.pp} batch={hw.batch}, but {hw.gpu.name} offers "
-                        f"{usable / 1e9:.1f} GB; raise --tp or --pp")
+    weights, kv = weight_bytes_per_gpu(model, hw), kv_reserve_bytes_per_gpu(model, hw, context)
+    if weights + kv <= usable:
+        return
+    # blame what does not fit: one sequence already (the split), else the batch, else the context
+    one = Hardware(hw.gpu, tp=hw.tp, pp=hw.pp, batch=1)
+    if weights + kv_reserve_bytes_per_gpu(model, one) > usable:
+        flag, hint = "--tp/--pp", "raise --tp or --pp"
+    elif weights + kv_reserve_bytes_per_gpu(model, hw) > usable:
+        flag, hint = f"--batch {hw.batch}", "lower --batch or raise --tp/--pp"
+    else:
+        flag, hint = f"--context {context}", "lower --context or raise --tp/--pp"
+    raise UserError(f"{flag}: {model.name} needs {(weights + kv) / 1e9:,.1f} GB per GPU (weights "
+                    f"{weights / 1e9:,.1f} GB + KV cache {kv / 1e9:,.1f} GB) at tp={hw.tp} pp={hw.pp} "
+                    f"batch={hw.batch}{f' context={context}' if context else ''}, but {hw.gpu.name} offers "
+                    f"{usable / 1e9:.1f} GB; {hint}")

@@ -28,7 +28,7 @@ from dexsim.config import option
 from dexsim.errors import UserError
 from dexsim.hardware import cost
 from dexsim.replay.executor import replay
-from dexsim.specs.catalog import ModelSpec, get_gpu, model_spec, with_heads
+from dexsim.specs.catalog import ModelSpec, get_gpu, get_model, models, spec_from_arch, with_heads
 
 
 @dataclass(frozen=True)
@@ -76,11 +76,11 @@ class HardwareConfig:
     batch: int | None = option(None, "with --gpu: sequences decoded together in lockstep (default 1); under "
                                      "--scheduler des, the most requests in flight", kind=int)
 
-    def resolve(self, trace_model: str, heads: str, where: str,
+    def resolve(self, trace_model: str, heads: str, where: str, layers: int | None = None,
                 arch: dict | None = None) -> tuple[ModelSpec, cost.Hardware] | None:
         """(model, Hardware) to price on, or None without --gpu; `trace_model`, `heads`, `where` (what
-        names the trace's model) and `arch` (its meta.arch: the model when the catalog lacks it) come
-        from the trace."""
+        names the trace's model), `layers` (its depth) and `arch` (its meta.arch: the model when the
+        catalog lacks it) come from the trace."""
         if self.gpu is None:
             given = [f for f in ("tp", "pp", "batch") if getattr(self, f) is not None]
             if given:
@@ -88,24 +88,39 @@ class HardwareConfig:
             return None
         flag = "--model" if self.model else f"{where}: meta.model"
         tp, pp, batch = (1 if v is None else v for v in (self.tp, self.pp, self.batch))
-        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads,
-                        arch=None if self.model else arch, where=where)
+        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads, where=where,
+                        layers=layers, arch=None if self.model else arch)
+
+
+def catalog_model(model_name: str, model_flag: str = "--model", where: str | None = None,
+                  layers: int | None = None, arch: dict | None = None) -> ModelSpec:
+    """The model a trace of `layers` layers is priced as: the catalog's, or for a name the catalog lacks,
+    the one `arch` (the trace's meta.arch) describes; one line naming the flag (or field) if there is no
+    such model or it has another depth."""
+    if arch is not None and model_name not in models():
+        model = spec_from_arch(model_name, arch, where or "trace")  # its errors name the meta.arch field
+    else:
+        try:
+            model = get_model(model_name)
+        except UserError as e:
+            raise UserError(f"{model_flag}: {e}") from None
+    if layers is not None and layers != model.layers:
+        raise UserError(f"{model_flag}: {model.name} has {model.layers} layers in the catalog, but "
+                        f"{where or 'the trace'} records {layers}")
+    return model
 
 
 def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-             model_flag: str = "--model", heads: str = "lens", arch: dict | None = None,
-             where: str = "trace") -> tuple[ModelSpec, cost.Hardware]:
-    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; a
-    model outside the catalog is priced from `arch` (the trace's meta.arch) where given. An unknown
-    name or a configuration that cannot run is a UserError naming the flag."""
-    try:
-        model = model_spec(model_name, arch, where)
-    except UserError as e:
-        raise UserError(f"{model_flag}: {e}") from None
+             model_flag: str = "--model", heads: str = "lens", where: str | None = None,
+             layers: int | None = None, arch: dict | None = None) -> tuple[ModelSpec, cost.Hardware]:
+    """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
+    unknown name (and no `arch`), a model of other depth than the trace's `layers` or a configuration
+    that cannot run is a UserError naming the flag (or the field of the trace `where`)."""
+    model = catalog_model(model_name, model_flag, where, layers, arch)
     try:
         model = with_heads(model, heads)
     except UserError as e:
-        raise UserError(f"meta.heads: {e}") from None
+        raise UserError(f"{where + ': ' if where else ''}meta.heads: {e}") from None
     try:
         gpu = get_gpu(gpu_name)
     except UserError as e:

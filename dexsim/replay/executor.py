@@ -13,6 +13,8 @@ DES (dexsim/des) read them from the finished lattice.
 from __future__ import annotations
 
 import json
+import tracemalloc
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -21,6 +23,8 @@ from numba.experimental import structref
 from dexsim.core import lattice as core
 from dexsim.core.lattice import NO_TOKEN
 from dexsim.core.policies import select_seq, wants_node
+from dexsim import config
+from dexsim.core import registry
 from dexsim.core.registry import policy_params
 from dexsim.errors import UserError
 from dexsim.traces.format import Trace
@@ -245,9 +249,39 @@ def replay_lattice(trace: Trace, policy, record_events: bool = False, work_cuts=
     if bad:
         raise UserError(f"{trace.path or 'trace'}: exit depth {bad[0]} is not recorded in field 'depths' "
                         f"(recorded: {','.join(map(str, trace.depths))})")
+    _check_size(trace, policy)
     return core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1,
                         root_tokens=np.full(trace.n_seqs, core.NO_TOKEN), root_pos=trace.prompt_len - 1,
                         max_tokens=np.diff(trace.seq_offsets), record_events=record_events, work_cuts=work_cuts)
+
+
+@lru_cache(maxsize=1)
+def _slot_bytes() -> float:
+    """Bytes a lattice allocates per slot of one sequence, measured (numpy reports its allocations to
+    tracemalloc) on two lattices 1024 slots apart."""
+    def build(capacity):
+        core.Lattice(L=1, exits=np.array([1]), capacity=capacity, root_tokens=np.zeros(1, np.int64),
+                     root_pos=np.zeros(1, np.int64), max_tokens=np.ones(1, np.int64))
+
+    def peak(capacity):
+        tracemalloc.start()
+        try:
+            build(capacity)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    build(1)  # compiled (or loaded from numba's cache) outside the measurement
+    return (peak(1025) - peak(1)) / 1024
+
+
+def _check_size(trace: Trace, policy) -> None:
+    """The lattice's slots fit in memory, or one line naming the flag that sized them (`--buffer`, or
+    LayerSkip's `--draft`), before anything is allocated."""
+    spec = registry.REGISTRY.get(policy.name)
+    flag = "--draft" if spec is not None and "draft" in spec.params and "buffer" not in spec.params else "--buffer"
+    slots = policy.buffer + 1
+    config.check_fits(f"{flag} {policy.buffer}", trace.n_seqs * slots * _slot_bytes(),
+                      f"a lattice of {slots:,} slots for each of {trace.n_seqs} sequences")
 
 
 def output_matches(trace: Trace, lat: core.Lattice) -> bool:
@@ -271,7 +305,8 @@ def save_events(path: str, lat: core.Lattice, trace: Trace, policy) -> None:
     """The event log of a replay as a `dex-events` file (what `python -m viz animate --events` reads)."""
     meta = {"format": f"dex-events/{core.EVENTS_VERSION}", "L": trace.L, "trace": trace.path,
             "policy": policy.name, **policy_params(policy), "kinds": list(core.EVENT_NAMES)}
-    try:
-        np.savez_compressed(path, events=lat.events(), meta=np.array(json.dumps(meta)))
+    try:  # a file object: savez would add `.npz` to a path without it
+        with open(path, "wb") as f:
+            np.savez_compressed(f, events=lat.events(), meta=np.array(json.dumps(meta)))
     except OSError as e:
-        raise UserError(f"--events {path}: cannot write ({e.strerror})")
+        raise UserError(f"--events {path}: cannot write ({e.strerror or e})") from None

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from dexsim.config import physical_memory
+from dexsim.errors import UserError
 from dexsim.specs.catalog import cpu_profile_path
 
 # Large enough to defeat every cache level of a server CPU, small enough to allocate quickly.
@@ -64,7 +66,7 @@ def op_overhead(budget_s: float) -> float:
 
 
 def physical_memory_bytes() -> float:
-    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return float(physical_memory())
 
 
 def measure(seconds: float = 3.0) -> dict:
@@ -86,9 +88,15 @@ def measure(seconds: float = 3.0) -> dict:
 
 
 def write_profile(profile: dict, path: Path | None = None) -> Path:
+    flag = "--out" if path else "calibrate"
     path = Path(path) if path else cpu_profile_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(profile, indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a profile
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(profile, indent=2) + "\n")
+        tmp.replace(path)  # atomic: a reader never sees half a profile
+    except OSError as e:
+        if tmp.exists():
+            tmp.unlink()
+        raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
     return path

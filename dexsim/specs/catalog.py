@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
@@ -72,8 +73,9 @@ def spec_from_arch(name: str, arch: dict, where: str = "trace") -> ModelSpec:
     dtype = arch.get("dtype")
     bpw = arch.get("bytes_per_weight", DTYPE_BYTES.get(dtype))
     if bpw is None:
-        raise UserError(f"{where}: meta.arch: dtype {dtype!r} unknown and no bytes_per_weight "
-                        f"(known dtypes: {', '.join(DTYPE_BYTES)})")
+        raise UserError(f"{where}: meta.arch.dtype: {dtype!r} is unknown and there is no bytes_per_weight "
+                        f"(needed to price model {name!r}, which is not in the catalog; known dtypes: "
+                        f"{', '.join(DTYPE_BYTES)})")
     ints = {k: int(positive(k)) for k in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab", "params")}
     return ModelSpec(name=name, **ints, head_dim=int(positive("head_dim", ints["hidden"] // ints["heads"])),
                      tied_embeddings=bool(arch.get("tied_embeddings", False)), dtype=str(dtype),
@@ -161,15 +163,47 @@ def cpu_profile_path() -> Path:
     return _user_cache_dir() / "cpu-local.json"
 
 
+# A GPU entry's numbers: (smallest allowed, whether 0 itself is allowed); every one finite.
+_GPU_NUMBERS = {"peak_flops": False, "memory_bandwidth": False, "memory_bytes": False,
+                "bandwidth_efficiency": False, "compute_efficiency": False, "kernels_per_layer": True,
+                "kernel_overhead_s": True, "collective_overhead_s": True}
+_LINK_NUMBERS = {"bandwidth": True, "latency_s": True}
+
+
+def _number_problem(key: str, value, zero_ok: bool) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value < 0 or (value == 0 and not zero_ok):
+        return f"field {key}: {value!r} is not a {'non-negative' if zero_ok else 'positive'} number"
+    return None
+
+
+def _entry_problem(entry: dict) -> str | None:
+    """What is wrong with the fields a GPU entry (or a cpu-local profile) holds, or None."""
+    for key, zero_ok in _GPU_NUMBERS.items():
+        if key in entry and (problem := _number_problem(key, entry[key], zero_ok)):
+            return problem
+    if "interconnect" in entry:
+        link = entry["interconnect"]
+        if not isinstance(link, dict) or not isinstance(link.get("kind"), str):
+            return f"field interconnect: {link!r} is not an object with a kind"
+        for key, zero_ok in _LINK_NUMBERS.items():
+            if (problem := _number_problem(f"interconnect.{key}", link.get(key), zero_ok)):
+                return problem
+    return None
+
+
 def _read_cpu_overlay(path: Path) -> dict:
     if not path.is_file():
         return {}
     try:
         entry = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:
         raise UserError(f"{path}: unreadable cpu-local profile ({e}); rerun `python -m dexsim calibrate`")
     if not isinstance(entry, dict):
         raise UserError(f"{path}: cpu-local profile must be a JSON object")
+    problem = _entry_problem(entry)
+    if problem:
+        raise UserError(f"{path}: cpu-local profile: {problem}; rerun `python -m dexsim calibrate`")
     return entry
 
 

@@ -20,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from dexsim import depths as depth_sets
-from dexsim.config import csv_list, option
+from dexsim.config import check_writable, csv_list, option, parse_seed
 from dexsim.core import registry
 from dexsim.core.params import PARAMS
 from dexsim.des import simulate as des
@@ -58,7 +58,7 @@ class SweepConfig:
     batch: str = option("1", "batch sizes, sequences in lockstep; under des, the most requests in flight")
     max_tokens: int = option(32, "replay the first N tokens of each sequence (0: all)")
     max_seqs: int = option(0, "replay the first N sequences of each trace (0: all)")
-    seed: int = option(0, "seed of the off-path exit tokens (and poisson arrivals)")
+    seed: int = option(0, "seed of the off-path exit tokens (and poisson arrivals)", kind=parse_seed)
     scheduler: str = option("lockstep,des", "comma-separated, of lockstep, des; des: discrete-event simulation of "
                                             "pipeline stages and serving load")
     arrival: str = option("closed", "des loads, comma-separated: closed[:CLIENTS] (closed: as many clients as "
@@ -68,11 +68,14 @@ class SweepConfig:
     out: str = option("results", "result folder")
     jobs: int = option(1, "local worker processes (default: all cores)")
     resume: bool = option(False, "keep the rows already in --out and skip them", kind=bool)
+    force: bool = option(False, "with --resume: keep rows of another grid found in --out (default: refuse them)",
+                         kind=bool)
     plots: bool = option(False, "also write the sweep's plots to OUT/plots (needs matplotlib)", kind=bool)
     axes: dict = field(default_factory=dict)  # policy parameter -> its flag's text
 
     def checked(self) -> "SweepConfig":
         """The same settings with the numbers checked (0 tokens or sequences: all of them)."""
+        check_writable("--out", self.out, folder=True)
         if self.jobs < 1:
             raise UserError(f"--jobs {self.jobs}: must be >= 1")
         if self.max_tokens < 0:
@@ -160,7 +163,7 @@ def default_traces_glob() -> str:
 def find_traces(patterns: str) -> list[str]:
     paths = []
     for pattern in csv_list("--traces", patterns):
-        found = sorted(glob.glob(pattern))
+        found = sorted(p for p in glob.glob(pattern) if not os.path.isdir(p))
         if not found:
             raise UserError(f"--traces {pattern!r}: no file matches")
         paths += [p for p in found if p not in paths]
@@ -178,12 +181,24 @@ def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int
     return for_model(first_tokens(first_seqs(loaded(path), max_seqs), max_tokens), model, flag="--models")
 
 
-def _hardware(model_name: str, hw_grid: list, notes: list, heads: str = "lens", arch: dict | None = None,
-              where: str = "trace") -> list:
+def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool,
+              layers: int, arch: dict) -> list:
+    """The hardware configurations the model can run on. A trace's own model outside the catalog (a
+    dexref recording of another model) is priced from its meta.arch; a catalog model of another depth
+    than the trace cannot be priced: one note, naming the field."""
+    flag = f"{path}: meta.model" if own_model else "--models"
+    arch = arch if own_model else None
+    try:
+        pricing.catalog_model(model_name, flag, path, layers, arch)
+    except UserError as e:
+        said = f"skipped: {e}" if path in str(e) else f"skipped {path}: {e}"
+        notes.append(said + ("; or price it as a catalog model with --models NAME" if own_model else ""))
+        return []
     out = []
     for gpu, tp, pp, batch in hw_grid:
         try:
-            out.append(pricing.hardware(model_name, gpu, tp, pp, batch, heads=heads, arch=arch, where=where))
+            out.append(pricing.hardware(model_name, gpu, tp, pp, batch, model_flag=flag, heads=heads, where=path,
+                                        arch=arch))
         except UserError as e:
             notes.append(f"skipped {model_name} on {gpu} tp={tp} pp={pp} batch={batch}: {e}")
     return out
@@ -281,7 +296,8 @@ def build_grid(cfg: SweepConfig) -> Grid:
             model = None if model_arg == "trace" else model_arg
             trace, rescaled = prepared(path, max_tokens, model, max_seqs)
             name = trace.meta.get("model")
-            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], trace.meta["arch"], path)
+            hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], path, model is None, trace.L,
+                                 trace.meta["arch"])
             if not hardware:
                 continue
             base = Job(path, max_tokens, model, cfg.seed, "ar", des_pps=des_pps, max_seqs=max_seqs)

@@ -2,6 +2,8 @@
 of a RowSpec, keyed by the fields that name it (`row_key`), with the columns of DESIGN.md section 5."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from dexsim.core import registry
@@ -29,6 +31,57 @@ def columns() -> tuple:
     return ("key", *key_fields(), "depth_rescaled", "oracle_policy", *COUNTERS, "output_matches_trace",
             "sim_seconds", "tokens_per_s", "speedup_vs_ar", "p50_token_latency_s", "p99_token_latency_s",
             "utilization")
+
+
+_INT, _NUM, _STR, _BOOL, _NULL = (int,), (int, float), (str,), (bool,), (type(None),)
+_KINDS = {int: _INT, float: _NUM, str: _STR}
+
+
+def column_types() -> dict:
+    """Each column's JSON types: what a row read back (a resumed sweep, a plot) must hold."""
+    out = {c: _NUM + _NULL for c in columns()}  # the timed figures: null where the scheduler has none
+    out.update(key=_STR, trace=_STR, trace_sha256=_STR, model=_STR, max_tokens=_INT + _NULL, max_seqs=_INT + _NULL,
+               seed=_INT, gpu=_STR, tp=_INT, pp=_INT, batch=_INT, scheduler=_STR, arrival=_STR + _NULL,
+               requests=_INT + _NULL, policy=_STR, depth_rescaled=_BOOL, oracle_policy=_STR + _NULL,
+               output_matches_trace=_BOOL, sim_seconds=_NUM, tokens_per_s=_NUM, speedup_vs_ar=_NUM,
+               utilization=(list,) + _NULL)  # des: one share per pipeline stage
+    out.update({name: _KINDS[p.kind] + _NULL for name, p in PARAMS.items()})
+    out.update({s.search_column: _STR + _NULL for s in registry.REGISTRY.values() if s.search_column})
+    out.update({c: _INT for c in COUNTERS})
+    return out
+
+
+def field_problem(name: str, value, types: tuple) -> str | None:
+    """What is wrong with one cell, or None; bool is an int in Python, never a count here."""
+    if isinstance(value, list) and list in types:
+        if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+            return None
+        return f"field {name}: {value!r} is not a list of numbers"
+    if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+        if isinstance(value, float) and math.isnan(value):
+            return f"field {name}: NaN is not a result"
+        if isinstance(value, int) and not isinstance(value, bool) and not -2**63 <= value < 2**63:
+            return f"field {name}: {value} is out of range"
+        if name in COUNTERS and value < 0:
+            return f"field {name}: {value!r} is negative"
+        return None
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true/false", type(None): "null",
+             list: "a list of numbers"}
+    wanted = " or ".join(names[t] for t in types if not (t is int and float in types))
+    return f"field {name}: {value!r} is not {wanted}"
+
+
+def row_problem(row: dict) -> str | None:
+    """What is wrong with a whole result row (the columns, their types, the key), or None."""
+    if not isinstance(row, dict):
+        return "not a JSON object"
+    if set(row) != set(columns()):
+        return "other columns than this version writes"
+    for name, types in column_types().items():
+        problem = field_problem(name, row[name], types)
+        if problem:
+            return problem
+    return None
 
 
 def run_job(job: Job) -> tuple[dict, pricing.Tally, object]:
@@ -64,8 +117,17 @@ def _hw_fields(hw, sched: str = "lockstep", load=None, n_seqs: int = 1) -> dict:
     return out
 
 
+def spec_rows(spec: RowSpec) -> dict:
+    """Each row key of a spec and the fields it names, in grid order."""
+    out = {}
+    for _, hw, sch, load in _configs(spec):
+        fields = {**spec.fields, **_hw_fields(hw, sch, load, spec.n_seqs)}
+        out[row_key(fields)] = fields
+    return out
+
+
 def spec_keys(spec: RowSpec) -> list[str]:
-    return [row_key({**spec.fields, **_hw_fields(hw, sch, load, spec.n_seqs)}) for _, hw, sch, load in _configs(spec)]
+    return list(spec_rows(spec))
 
 
 def _simulated(cache: dict, job: Job, log, model, hw, load):

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from dexsim.core import registry
 from dexsim.sweep.grid import Grid, Job
-from dexsim.sweep.rows import make_rows, run_job, spec_keys
+from dexsim.sweep.rows import make_rows, run_job, spec_keys, spec_rows
 from dexsim.sweep.store import RowStore
 
 
@@ -40,10 +40,23 @@ def _effort(job: Job) -> tuple:
     return registry.get(job.policy).effort(dict(job.params))
 
 
-def sweep(grid: Grid, out: str, *, resume: bool = False, jobs: int = 1) -> list[dict]:
-    """Run what `grid` still lacks in the folder `out`; returns the grid's rows, in grid order."""
-    n_procs = jobs
-    store = RowStore(out, resume)
+def sweep(grid: Grid, out: str, *, resume: bool = False, jobs: int = 1, force: bool = False,
+          on_start=None) -> list[dict]:
+    """Run what `grid` still lacks in the folder `out` (locked meanwhile); returns the grid's rows, in grid
+    order. Resumed rows of another grid are refused unless `force` keeps them. `on_start()` is called
+    once the folder is locked and its rows checked, before the first replay."""
+    named = {k: f for s in grid.specs for k, f in spec_rows(s).items()}
+    order = list(named)
+    store = RowStore(out, resume, named, force)
+    try:
+        if on_start is not None:
+            on_start()
+        return _run(grid, store, order, jobs)
+    finally:
+        store.close()
+
+
+def _run(grid: Grid, store: RowStore, order: list[str], n_procs: int) -> list[dict]:
     pending = [s for s in grid.specs if any(k not in store.rows for k in spec_keys(s))]
     jobs = list(dict.fromkeys([s.ar for s in pending]))  # the baselines first: every row needs one
     jobs += sorted(dict.fromkeys(j for s in pending for j in s.jobs if j not in jobs), key=_effort, reverse=True)
@@ -63,7 +76,6 @@ def sweep(grid: Grid, out: str, *, resume: bool = False, jobs: int = 1) -> list[
                 if missing[id(s)] == 0:
                     store.append(make_rows(s, done, store.rows.keys(), cache))
             bar.update()
-    order = [k for s in grid.specs for k in spec_keys(s)]
     rows = store.finish(order)
     in_grid = set(order)
     return [r for r in rows if r["key"] in in_grid]

@@ -97,6 +97,28 @@ def _fail(trace: Trace, field: str, problem: str):
     raise UserError(f"{trace.path or 'trace'}: {field}: {problem}")
 
 
+# Each meta field's JSON type; `model` names a catalog model or, for a trace dexref recorded on a model
+# outside the catalog, that model (its arch is then the trace's own).
+META_TYPES = {"format": str, "model": str, "arch": dict, "heads": str, "dataset": str, "template": str,
+              "sampling": dict, "synthetic": bool, "recorder": dict, "created": str, "sha256": str}
+# Bounds of the arch sizes that index arrays: at least 1, and depths are stored as int16 and tokens as
+# int32. The other sizes are the recorded model's own (the catalog prices a replay): non-negative and
+# exact in JSON (a double).
+ARCH_MAX = {"layers": np.iinfo(ARRAYS["depths"]).max, "vocab": np.iinfo(ARRAYS["final"]).max}
+JSON_INT_MAX = 2**53
+JSON_NAMES = {str: "a string", dict: "a JSON object", bool: "true/false"}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)  # a `true` here is a broken writer, not a size
+
+
+def heads_ok(heads: str) -> bool:
+    """An exit-head kind a trace may record: the logit lens, or trained heads by name (the catalog's
+    exit_heads.json is needed only to price them)."""
+    return heads == "lens" or (heads.startswith("trained:") and heads != "trained:")
+
+
 def _validate_meta(trace: Trace):
     meta = trace.meta
     if not isinstance(meta, dict):
@@ -104,20 +126,27 @@ def _validate_meta(trace: Trace):
     for key in META_KEYS:
         if key not in meta:
             _fail(trace, "meta", f"missing key {key!r}")
+    for key, kind in META_TYPES.items():
+        if not isinstance(meta[key], kind):
+            _fail(trace, f"meta.{key}", f"{meta[key]!r} is not {JSON_NAMES[kind]}")
     if meta["format"] != FORMAT:
         _fail(trace, "meta.format", f"{meta['format']!r}, expected {FORMAT!r}")
+    if not meta["model"].strip():
+        _fail(trace, "meta.model", "empty")
+    if not heads_ok(meta["heads"]):
+        _fail(trace, "meta.heads", f"{meta['heads']!r}: expected lens or trained:NAME")
     arch = meta["arch"]
-    if not isinstance(arch, dict):
-        _fail(trace, "meta.arch", "not a JSON object")
     for key in ARCH_KEYS:
         if key not in arch:
             _fail(trace, "meta.arch", f"missing key {key!r}")
-    for key in ("layers", "vocab"):
-        # bool is an int in Python; a `true` here is a broken writer, not a size
-        if not isinstance(arch[key], int) or isinstance(arch[key], bool) or arch[key] < 1:
-            _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not a positive integer")
-    if not isinstance(meta["synthetic"], bool):
-        _fail(trace, "meta.synthetic", f"{meta['synthetic']!r} is not true/false")
+    for key in ARCH_KEYS:
+        if key == "dtype":
+            if not isinstance(arch[key], str):
+                _fail(trace, "meta.arch.dtype", f"{arch[key]!r} is not a string")
+            continue
+        low, high = (1, ARCH_MAX[key]) if key in ARCH_MAX else (0, JSON_INT_MAX)
+        if not _is_int(arch[key]) or not low <= arch[key] <= high:
+            _fail(trace, f"meta.arch.{key}", f"{arch[key]!r} is not an integer in [{low}, {high}]")
 
 
 def _validate_shapes(trace: Trace):
@@ -193,13 +222,15 @@ def _read_meta(trace_path: str, raw: np.ndarray) -> dict:
         return json.loads(str(raw[()]))
     except json.JSONDecodeError as e:
         raise UserError(f"{trace_path}: meta: not JSON ({e.msg} at char {e.pos})") from None
+    except RecursionError:
+        raise UserError(f"{trace_path}: meta: JSON nested too deeply") from None
 
 
 def _read_arrays(path: str) -> dict:
     not_npz = UserError(f"{path}: file: not a readable npz archive (not a zip, truncated or corrupt)")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError):
         raise not_npz from None
     if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy array
         raise not_npz
@@ -210,7 +241,10 @@ def _read_arrays(path: str) -> dict:
                 raise UserError(f"{path}: {field}: missing array")
             try:
                 arrays[field] = npz[field]
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            # zipfile raises RuntimeError for a member flagged encrypted, NotImplementedError for an
+            # unknown compression method: damage too
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+                    NotImplementedError) as e:
                 reason = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise UserError(f"{path}: {field}: unreadable, truncated or corrupt ({reason})") from None
     return arrays

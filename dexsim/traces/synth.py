@@ -14,12 +14,17 @@ from importlib.metadata import version
 
 import numpy as np
 
+from dexsim.config import check_fits
 from dexsim.depths import check_depths, parse_depths
 from dexsim.errors import UserError
 from dexsim.specs.catalog import get_model
 from dexsim.traces.analyze import ead_indices
-from dexsim.traces.format import Trace, load_trace, make_meta, trace_checksum
+from dexsim.traces.format import ARRAYS, Trace, heads_ok, load_trace, make_meta, trace_checksum
 
+# Bytes per (token, depth) cell of the [N, D] arrays alive at once while drawing: the correct mask (bool),
+# the wrong tokens and the exit tokens (int64), the exit tokens as stored (int32), the confidence
+# logits (float64) and the confidences as stored (float16).
+CELL_BYTES = 1 + 8 + 8 + 4 + 8 + 2
 EAD_FORMS = "fixed:D, uniform:LO,HI, beta:A,B[,LATE], two-point:E,ALPHA or empirical:TRACE.npz"
 
 
@@ -118,7 +123,12 @@ def synth_trace(model: str, n_seqs: int, tokens_per_seq: int, *, depths=None, ea
                 flicker: float = 0.1, change_rate: float = 0.3, prompt_len: int = 64, seed: int = 0,
                 heads: str = "lens") -> Trace:
     """A synthetic trace; `depths` is None (every layer), a spec for `parse_depths`, or a list of depths."""
-    spec = get_model(model)
+    try:
+        spec = get_model(model)
+    except UserError as e:
+        raise UserError(f"--model: {e}") from None
+    if not heads_ok(heads):
+        raise UserError(f"--heads {heads!r}: expected lens or trained:NAME")
     L, vocab = spec.layers, spec.vocab
     if isinstance(depths, str):
         depths = parse_depths(depths, L)
@@ -130,6 +140,10 @@ def synth_trace(model: str, n_seqs: int, tokens_per_seq: int, *, depths=None, ea
                             ("--change-rate", change_rate, 0 <= change_rate <= 1)]:
         if not ok:
             raise UserError(f"{flag}: {value} out of range")
+    if prompt_len > np.iinfo(ARRAYS["prompt_len"]).max:
+        raise UserError(f"--prompt-len: {prompt_len} out of range (at most {np.iinfo(ARRAYS['prompt_len']).max})")
+    check_fits(f"--seqs {n_seqs} --tokens {tokens_per_seq}", n_seqs * tokens_per_seq * len(depths) * CELL_BYTES,
+               f"a trace of {n_seqs * tokens_per_seq:,} tokens at {len(depths)} depths")
     rng = np.random.default_rng(seed)
     n, D = n_seqs * tokens_per_seq, len(depths)
     final = rng.integers(0, vocab, n)

@@ -33,15 +33,10 @@ from dexref.model import ModelArgs, attend_one, embed, finish, head, prefill, qk
 from dexref.model import from_state  # noqa: E402
 from dexref.testing import node_path  # noqa: E402
 from one_thread import one_thread  # noqa: E402, F401  (autouse fixture)
+from strategies import examples  # noqa: E402
 from dexsim.core.policies import DEX  # noqa: E402
 from dexsim.core.params import PRIORITIES  # noqa: E402
 from dexsim.core.registry import make_policy  # noqa: E402
-
-
-def examples(n_ci: int) -> int:
-    """`n_ci` examples under the `ci` profile (150 by default), scaled for the others
-    (dev 60 -> 40%, thorough 2000 -> 13x, mutation 12 -> 8%)."""
-    return max(2, round(n_ci * settings.default.max_examples / 150))
 
 
 

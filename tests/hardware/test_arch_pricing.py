@@ -37,7 +37,7 @@ def test_bytes_per_weight_from_the_dtype_and_defaults():
 
 
 @pytest.mark.parametrize("change, field", [({"kv_heads": 0}, "meta.arch.kv_heads"), ({"hidden": "4k"}, "meta.arch.hidden"),
-                                           ({"dtype": "int3"}, "meta.arch: dtype 'int3'"),
+                                           ({"dtype": "int3"}, "meta.arch.dtype: 'int3'"),
                                            ({"intermediate": None}, "meta.arch.intermediate")])
 def test_a_bad_arch_is_one_line_naming_the_field(change, field):
     arch = {k: v for k, v in _arch_of("llama2-7b").items() if k != "bytes_per_weight"}

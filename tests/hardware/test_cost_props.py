@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
-from strategies import policies, tiny_trace, traces
+from strategies import examples, policies, tiny_trace, traces
 
 from dexsim.hardware import cost
 from dexsim.hardware import pricing
@@ -30,11 +30,6 @@ from dexsim.des.record import record
 from dexsim.core.policies import AR, DEX
 from dexsim.core.params import PRIORITIES
 from dexsim.replay.executor import ReplayExecutor, replay
-
-
-def examples(n_ci: int) -> int:
-    """`n_ci` examples under the `ci` profile (150 by default), scaled for the others."""
-    return max(2, round(n_ci * settings.default.max_examples / 150))
 
 
 def log_uniform(lo: float, hi: float):
