@@ -103,6 +103,9 @@ MUTANTS = [
      "the rounds stepping would take"),
     ("adaptive_guesses_again", POL, "return not st.guessed[s, j] and (", "return (",
      "adaptive guesses at every confident exit, not once per node", None),
+    ("dex_at_L_no_child", POL, "        return d < L or j > 0", "        return d < L",
+     "dex never expands a branch that reaches L (more fallbacks, still lossless; found held out, after "
+     "the first run)", None),
     ("layerskip_guesses_deeper", POL, "return d == exit and exit < L", "return d >= exit and exit < L",
      "layerskip also guesses past its exit depth",
      "its exits are {e, L}, so the new guesses are at L; drafting stops only when the buffer is full, and then "

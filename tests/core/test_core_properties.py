@@ -9,7 +9,7 @@ from strategies import tiny_trace, traces
 
 from dexsim.core import lattice as core
 from dexsim.core.params import PRIORITIES
-from dexsim.core.policies import DEX
+from dexsim.core.policies import AR, DEX, Adaptive, LayerSkip
 from dexsim.replay.executor import ReplayExecutor, output_matches, replay
 from dexsim.traces.format import load_trace
 
@@ -120,6 +120,32 @@ def test_align_advances_the_lowest_pending_layer_together(lat, k):
     chosen, n = _select(lat, "align", k), lat.n[0]
     low = min(lat.depth[0, :n])
     assert np.flatnonzero(chosen).tolist() == [j for j in range(n) if lat.depth[0, j] == low][:k]
+
+
+@given(lattice_states(lawful=False), st.data())
+def test_which_nodes_ask_for_a_child(lat, data):
+    """DESIGN.md section 3, Exit: a node that reads its exit token below L may expand; at L only a
+    branch does (its final token is exact given its path; the anchor at L commits instead). dex expands
+    wherever it may, LayerSkip only at its draft depth e < L, adaptive once per node, at the first exit
+    whose confidence reaches tau or as a branch at L; AR never."""
+    n = lat.n[0]
+    j = np.flatnonzero(lat.depth[0, :n] >= 1)  # exits are read at depths >= 1
+    d, branch = lat.depth[0, j], j > 0
+    conf = np.array(data.draw(st.lists(st.sampled_from([0.0, 0.3, 0.5, 0.9, 1.0]), min_size=len(j),
+                                       max_size=len(j))), np.float32)
+    lat.guessed[0, j] = data.draw(st.lists(st.booleans(), min_size=len(j), max_size=len(j)))
+    e, tau, L, E = data.draw(st.integers(1, L_STATE)), 0.5, L_STATE, np.arange(1, L_STATE + 1)
+    expected = {
+        "dex": (d < L) | branch,
+        "layerskip": (d == e) & (e < L),
+        "adaptive": ~lat.guessed[0, j] & (((conf >= tau) & (d < L)) | ((d == L) & branch)),
+        "ar": np.zeros(len(j), bool),
+    }
+    policies = {"dex": DEX(L, E, 2, lat.M), "layerskip": LayerSkip(L, e, 2), "adaptive": Adaptive(L, E, tau, 2),
+                "ar": AR(L)}
+    for name, policy in policies.items():
+        got = policy.wants(lat, np.zeros(len(j), np.int64), j, np.zeros(len(j), np.int64), conf)
+        assert got.tolist() == expected[name].tolist(), f"{name}: depths {d.tolist()}, nodes {j.tolist()}"
 
 
 class _CheckSpawns(ReplayExecutor):
