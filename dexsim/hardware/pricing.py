@@ -28,7 +28,7 @@ from dexsim.config import option
 from dexsim.errors import UserError
 from dexsim.hardware import cost
 from dexsim.replay.executor import replay
-from dexsim.specs.catalog import ModelSpec, get_gpu, get_model, models, spec_from_arch, with_heads
+from dexsim.specs.catalog import ModelSpec, get_gpu, model_spec, with_heads
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,10 @@ def catalog_model(model_name: str, model_flag: str = "--model", where: str | Non
     """The model a trace of `layers` layers is priced as: the catalog's, or for a name the catalog lacks,
     the one `arch` (the trace's meta.arch) describes; one line naming the flag (or field) if there is no
     such model or it has another depth."""
-    if arch is not None and model_name not in models():
-        model = spec_from_arch(model_name, arch, where or "trace")  # its errors name the meta.arch field
-    else:
-        try:
-            model = get_model(model_name)
-        except UserError as e:
-            raise UserError(f"{model_flag}: {e}") from None
+    try:
+        model = model_spec(model_name, arch, where or "trace")
+    except UserError as e:  # with an arch, only the arch can be wrong, and its line names its field
+        raise (e if arch is not None else UserError(f"{model_flag}: {e}")) from None
     if layers is not None and layers != model.layers:
         raise UserError(f"{model_flag}: {model.name} has {model.layers} layers in the catalog, but "
                         f"{where or 'the trace'} records {layers}")

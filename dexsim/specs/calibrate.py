@@ -65,10 +65,6 @@ def op_overhead(budget_s: float) -> float:
     return 1.0 / _best_rate(run, batch, budget_s)
 
 
-def physical_memory_bytes() -> float:
-    return float(physical_memory())
-
-
 def measure(seconds: float = 3.0) -> dict:
     """The `cpu-local` entry for gpus.json, measured within about `seconds`."""
     bw = memory_bandwidth(0.4 * seconds)
@@ -76,7 +72,7 @@ def measure(seconds: float = 3.0) -> dict:
     overhead = op_overhead(0.2 * seconds)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d")
     return {
-        "peak_flops": flops, "memory_bandwidth": bw, "memory_bytes": physical_memory_bytes(),
+        "peak_flops": flops, "memory_bandwidth": bw, "memory_bytes": float(physical_memory()),
         "kernel_overhead_s": overhead, "bandwidth_efficiency": 1.0, "compute_efficiency": 1.0,
         "calibration": "cpu-measured",
         "interconnect": {"kind": "none", "bandwidth": 0.0, "latency_s": 0.0},
