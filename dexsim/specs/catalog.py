@@ -147,6 +147,7 @@ class GPUSpec:
     interconnect: Interconnect
     calibration: str             # name of the calibration class in gpus.json
     source: str
+    round_overhead_s: float = 0.0  # the host's control of one lattice-core round (its class says where from)
 
     @property
     def layer_overhead_s(self) -> float:
@@ -166,7 +167,7 @@ def cpu_profile_path() -> Path:
 # A GPU entry's numbers: (smallest allowed, whether 0 itself is allowed); every one finite.
 _GPU_NUMBERS = {"peak_flops": False, "memory_bandwidth": False, "memory_bytes": False,
                 "bandwidth_efficiency": False, "compute_efficiency": False, "kernels_per_layer": True,
-                "kernel_overhead_s": True, "collective_overhead_s": True}
+                "kernel_overhead_s": True, "collective_overhead_s": True, "round_overhead_s": True}
 _LINK_NUMBERS = {"bandwidth": True, "latency_s": True}
 
 
@@ -217,7 +218,7 @@ def _gpu_from_entry(name: str, entry: dict, classes: dict) -> GPUSpec:
     fields = {f for f in GPUSpec.__dataclass_fields__ if f not in ("name", "interconnect")}
     try:
         return GPUSpec(name=name, interconnect=Interconnect(**merged["interconnect"]),
-                       **{k: merged[k] for k in fields})
+                       **{k: merged[k] for k in fields if k in merged})
     except (KeyError, TypeError) as e:
         raise UserError(f"gpus.json: GPU {name!r}: bad or missing field ({e})")
 
