@@ -19,7 +19,7 @@ from dexsim.config import from_args
 from dexsim.core import registry
 from dexsim.errors import UserError
 
-from .load import DTYPES, ModelConfig, exit_set, load_model
+from .load import DTYPES, ModelConfig, exit_set, load_model, load_shape
 
 TRAIN_DEPTHS = "every:3"  # train-exits defaults: dexref/README.md has the measurements behind them
 DEFAULT_STEPS = 60
@@ -293,34 +293,6 @@ def cmd_train_exits(args) -> int:
     return 0
 
 
-def load_shape(args, positions: int = 0):
-    """(model, shape) of --shape NAME (random weights of a catalog shape, its context raised to
-    `positions` where needed) or --model (a cached model or a checkpoint folder): exactly one."""
-    import torch
-
-    from .checkpoint import RANDOM, random_args, random_model
-    from .load import resolve_device, resolve_dtype
-
-    if (args.shape is None) == (args.model is None):
-        raise UserError("--shape NAME or --model PATH: exactly one is required")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise UserError(f"--threads {args.threads}: must be >= 1")
-        torch.set_num_threads(args.threads)
-    if args.shape is not None:
-        device = resolve_device(args.device)
-        a = random_args(args.shape)
-        a.max_len = max(a.max_len, positions)
-        model, name = random_model(a, resolve_dtype(args.dtype, device), device), f"{RANDOM}{args.shape}"
-    else:
-        model, _, meta = load_model(ModelConfig(model=args.model, dtype=args.dtype, device=args.device))
-        name = args.model
-    a = model.args
-    arch = {"layers": a.n_layer, "hidden": a.dim, "intermediate": a.intermediate, "heads": a.n_head,
-            "kv_heads": a.n_kv_head, "head_dim": a.head_dim, "vocab": a.vocab}
-    return model, {"name": name, "arch": arch}
-
-
 def add_shape_flags(p) -> None:
     p.add_argument("--shape", default=None, help="random weights of this dexsim catalog shape (e.g. smollm2-135m, llama2-7b)")
     p.add_argument("--model", default=None, help="or a real model: a cached one (see `fetch`) or a Hugging Face checkpoint folder")
@@ -340,12 +312,16 @@ def cmd_profile(args) -> int:
     if args.repeats < 1:
         raise UserError(f"--repeats {args.repeats}: must be >= 1")
     config.check_writable("--out", args.out)
+    prof.CLOCK[0] = args.clock
     model, shape = load_shape(args, max(contexts) + max(rows) + 2)
     if max(contexts) + max(rows) + 2 > model.args.max_len:
         raise UserError(f"--contexts {args.contexts}: beyond the context of {shape['name']} "
                         f"({model.args.max_len} positions)")
-    out = prof.profile(model, shape, args.dtype, rows, contexts, head_rows, args.repeats, sys.argv[1:] if
-                       args.argv is None else args.argv)
+    given = {"--shape": args.shape, "--model": args.model, "--device": args.device, "--dtype": args.dtype,
+             "--threads": args.threads, "--rows": args.rows, "--contexts": args.contexts, "--head-rows": args.head_rows,
+             "--repeats": args.repeats, "--clock": args.clock, "--out": args.out}
+    argv = ["profile"] + [x for k, v in given.items() if v is not None for x in (k, str(v))]
+    out = prof.profile(model, shape, args.dtype, rows, contexts, head_rows, args.repeats, argv)
     write_profile(out, args.out)
     layer = np.asarray(out["layer_s"])
     print(json.dumps({"out": args.out, "device": out["device"]["name"], "layer_ms_1_row": round(layer[0, 0] * 1e3, 4),
@@ -386,7 +362,7 @@ def cmd_emulate(args) -> int:
     out = {"trace": trace.path, "policy": policy.name, **registry.policy_params(policy), **run.counters,
            "output_matches_trace": run.output_matches_trace, "model": trace.meta.get("model"),
            "depth_rescaled": rescaled, "shape": shape["name"], "device": str(model.device), "dtype": args.dtype,
-           "threads": torch_threads(), "wall_s": run.wall_s, "tokens_per_s": run.tokens_per_s}
+           "threads": torch_threads(), "wall_s": run.wall_s, "cpu_s": run.cpu_s, "tokens_per_s": run.tokens_per_s}
     if args.json:
         print(json.dumps(out))
     else:
@@ -474,11 +450,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and a stage transfer on a device: a profile dexsim prices from (--profile)")
     add_shape_flags(p)
     p.add_argument("--rows", default="1,2,4,8,16,32", help="rows per layer step (and exit-head group)")
-    p.add_argument("--contexts", default="128,512,2048,8192", help="KV positions each row reads")
+    p.add_argument("--contexts", default="64,256,1024,8192", help="KV positions each row reads")
     p.add_argument("--head-rows", default=None, help="rows per exit-head group (default: --rows)")
     p.add_argument("--repeats", type=int, default=5, help="timed repeats of every point; the best is kept")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall clock, or this process's CPU time (a CPU shared with other jobs; with --threads 1)")
     p.add_argument("--out", required=True, help="profile to write (JSON)")
-    p.set_defaults(func=cmd_profile, argv=None)
+    p.set_defaults(func=cmd_profile)
 
     p = sub.add_parser("emulate", help="replay a trace under a policy (the replay's decisions) while computing every "
                                         "node-layer and exit head it schedules on a model: counters and wall-clock")

@@ -89,12 +89,16 @@ class Emulation:
     counters: dict  # summed over sequences, as `dexsim replay --json` prints them
     tally: Tally  # what pricing reads, summed over sequences
     wall_s: float  # decoding only, every sequence (prefill and set-up excluded)
+    cpu_s: float  # the same, this process's CPU time
     outputs: list  # committed tokens of each sequence
     output_matches_trace: bool
 
     @property
     def tokens_per_s(self) -> float:
         return self.counters["tokens"] / self.wall_s if self.wall_s > 0 else float("inf")
+
+    def seconds(self, clock: str) -> float:
+        return self.cpu_s if clock == "cpu" else self.wall_s
 
 
 def _sync(model) -> None:
@@ -110,17 +114,17 @@ def emulate(trace: Trace, policy, model, *, seed: int = 0, jump: bool = False, g
     if model.args.n_layer != trace.L:
         raise ValueError(f"the model has {model.args.n_layer} layers, the trace {trace.L}")
     replay_lattice(trace, policy)  # the replay's checks (recorded exit depths, lattice size), nothing run
-    tallies, totals, outputs, wall = [], [], [], 0.0
+    tallies, totals, outputs, wall, cpu = [], [], [], 0.0, 0.0
     for s in range(trace.n_seqs):
         lo, hi = int(trace.seq_offsets[s]), int(trace.seq_offsets[s + 1])
         lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1, root_tokens=[core.NO_TOKEN],
                            root_pos=[int(trace.prompt_len[s]) - 1], max_tokens=[hi - lo])
         ex = EmulateExecutor(trace, s, model, policy.buffer + 1, seed=seed, jump=jump, graphs=graphs, stub=stub)
         _sync(model)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         core.run(lat, policy, ex)
         _sync(model)
-        wall += time.perf_counter() - t0
+        wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
         tallies.append(tally_of(lat))
         totals.append(lat.counters.totals())
         outputs.append(lat.output[0, : int(lat.counters.tokens[0])].tolist())
@@ -130,7 +134,7 @@ def emulate(trace: Trace, policy, model, *, seed: int = 0, jump: bool = False, g
     matches = all(out == trace.final[trace.seq_offsets[s]: trace.seq_offsets[s + 1]].tolist()
                   for s, out in enumerate(outputs))
     counters = {k: sum(t[k] for t in totals) for k in totals[0]} if totals else {}
-    return Emulation(counters, tally, wall, outputs, matches)
+    return Emulation(counters, tally, wall, cpu, outputs, matches)
 
 
 def sum_tallies(tallies: list) -> Tally:

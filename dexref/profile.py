@@ -8,10 +8,11 @@ repeats (the run least disturbed by anything else on the machine):
   static-shape steps replayed as CUDA graphs on a GPU), timed over every layer of the model in turn
   (as decoding streams them, so no layer's weights are still in a cache) and divided by the depth;
 - `head_s[r]`: one exit-head group of r rows with the sampling (`TorchExecutor.read_exits`);
-- `host_round_s`: the host's control of one lattice-core round, measured by emulating a synthetic
-  trace of the shape's depth under several policies with the layer and head computations stubbed
-  (`EmulateExecutor(stub=True)`): the core's rules, the replay's decisions and the engine's
-  bookkeeping (pool slots, KV promotion, embedding spawns), divided by the rounds;
+- `host_round_s`, `host_exit_s`: the host's control per lattice-core round and per exit read,
+  measured by emulating a synthetic trace of the shape's depth under several policies with the layer
+  and head computations stubbed (`EmulateExecutor(stub=True)`: the core's rules, the replay's
+  decisions and the engine's bookkeeping: pool slots, KV promotion, embedding spawns), fitted by
+  least squares to each run's rounds and exit reads;
 - `transfer`: with two or more devices, a hidden-state message of r rows from one to the next;
   null (and a note) otherwise;
 - `rates`: the device-independent microbenchmark of `python -m dexsim calibrate` (this machine's
@@ -49,16 +50,26 @@ def _sync(dev) -> None:
         torch.cuda.synchronize(dev)
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+CLOCK = ["wall"]  # the clock of this process's measurements (`--clock`)
+
+
+def clock() -> float:
+    """Seconds on the chosen clock: wall (what a user waits), or this process's CPU time (on a CPU
+    shared with other jobs: the time the work took while it ran, not while others did)."""
+    return CLOCKS[CLOCK[0]]()
+
+
 def _best(fn, repeats: int, dev) -> float:
-    """Best wall time of fn() over `repeats` runs, after one warm-up run."""
+    """Best time of fn() over `repeats` runs, after one warm-up run."""
     fn()
     best = float("inf")
     for _ in range(repeats):
         _sync(dev)
-        t0 = time.perf_counter()
+        t0 = clock()
         fn()
         _sync(dev)
-        best = min(best, time.perf_counter() - t0)
+        best = min(best, clock() - t0)
     return best
 
 
@@ -120,19 +131,33 @@ def time_host(model, spec_name: str, repeats: int, bar, tokens: int = 24, seqs: 
     trace = synth_trace("smollm2-135m", seqs, tokens, ead="beta:2,1.2", seed=0)
     if trace.L != L:
         trace = rescale_depths(trace, replace(get_model("smollm2-135m"), name=spec_name, layers=L))
-    per, total_s, total_rounds = {}, 0.0, 0
+    per = {}
     for name, params in HOST_POLICIES:
         policy = registry.make_policy(name, L, exits=trace.depths, depths=trace.depths, **params)
-        best, rounds = float("inf"), 0
+        best, counters = float("inf"), None
         for _ in range(max(repeats, 1)):
             run = emulate(trace, policy, model, stub=True)
-            best, rounds = min(best, run.wall_s), run.counters["rounds"]
+            best, counters = min(best, run.seconds(CLOCK[0])), run.counters
         label = name + "".join(f" {k}={v}" for k, v in params.items())
-        per[label] = {"rounds": rounds, "seconds": best, "per_round_s": best / rounds}
-        total_s, total_rounds = total_s + best, total_rounds + rounds
+        per[label] = {"rounds": counters["rounds"], "head_evals": counters["head_evals"], "seconds": best}
         bar.update(1)
-    return {"per_round_s": total_s / total_rounds, "policies": per,
+    round_s, exit_s = fit_host(per.values())
+    return {"per_round_s": round_s, "per_exit_s": exit_s, "policies": per,
+            "fit": "seconds = per_round_s x rounds + per_exit_s x head_evals, least squares over the policies",
             "trace": f"synthetic, {seqs} sequences x {tokens} tokens, depth {L}, every layer an exit"}
+
+
+def fit_host(runs) -> tuple[float, float]:
+    """(seconds per round, seconds per exit read) of the host's control, least squares over stubbed runs
+    (a round's rules, plus the replay's read and the engine's bookkeeping of each exit read); per round
+    only where the fit would make either negative."""
+    runs = list(runs)
+    A = np.array([[r["rounds"], r["head_evals"]] for r in runs], float)
+    y = np.array([r["seconds"] for r in runs])
+    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    if a < 0 or b < 0:
+        return float(y.sum() / A[:, 0].sum()), 0.0
+    return float(a), float(b)
 
 
 def time_transfer(model, rows, repeats: int, bar) -> tuple[dict | None, str | None]:
@@ -201,10 +226,10 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
                  "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
                  "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
         "shape": shape, "dtype": dtype, "repeats": repeats, "statistic": "min over repeats",
-        "cuda_graphs": graphs,
+        "cuda_graphs": graphs, "clock": CLOCK[0],
         "rows": list(rows), "contexts": list(contexts), "layer_s": layer_s.tolist(),
         "head_rows": list(head_rows), "head_s": head_s.tolist(),
-        "host_round_s": host["per_round_s"], "host_rounds": host,
+        "host_round_s": host["per_round_s"], "host_exit_s": host["per_exit_s"], "host_control": host,
         "transfer": transfer, "notes": [note] if note else [],
         "rates": {k: rates[k] for k in ("peak_flops", "memory_bandwidth", "kernel_overhead_s", "memory_bytes")},
         "rates_source": rates["source"],

@@ -119,7 +119,7 @@ def _cmd_calibrate(args) -> int:
     if args.out is not None:
         check_writable("--out", args.out)
     profile = calib.measure(args.seconds)
-    path = calib.write_profile(profile, args.out)
+    path = calib.write_profile(calib.rates_profile(profile), args.out)
     print(f"cpu-local: {profile['memory_bandwidth'] / 1e9:.1f} GB/s, {profile['peak_flops'] / 1e9:.1f} GFLOP/s "
           f"fp32, {profile['kernel_overhead_s'] * 1e6:.2f} us per op -> {path}")
     return 0

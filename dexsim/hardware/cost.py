@@ -41,6 +41,11 @@ class Hardware:
         """The host's control cost of one lattice-core round."""
         return self.gpu.round_overhead_s if self.profile is None else self.profile.host_round_s
 
+    @property
+    def exit_s(self) -> float:
+        """The host's control cost of one exit read (the answer read back, the decision on it)."""
+        return self.gpu.exit_overhead_s if self.profile is None else self.profile.host_exit_s
+
 
 # --- what a model moves and computes ---------------------------------------------------------------
 
@@ -190,7 +195,7 @@ def ar_breakdown(model: ModelSpec, hw: Hardware, context: float) -> dict:
     parts = {
         "layers": L * float(np.maximum(lp["memory"], lp["compute"])),
         "heads": float(np.maximum(hp["memory"], hp["compute"])),
-        "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s,  # AR: L rounds a token
+        "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,  # AR: L rounds a token
         "collectives": L * float(lp["collectives"]) + float(hp["collectives"]),
         "transfers": (hw.pp - 1) * transfer_time(model, hw, rows) if hw.pp > 1 else 0.0,
     }
@@ -224,7 +229,8 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     (one head weight load each). Entries at index 0 cost nothing. ctx_per_row: mean KV positions a row
     reads. stage_crossings: pipeline
     point-to-point transfers, each carrying one `hw.batch`-row group. rounds: each pays the host's
-    control (`hw.round_s`; a batch shares its rounds), besides the loads and heads it did.
+    control (`hw.round_s`; a batch shares its rounds) and each exit read its own (`hw.exit_s`),
+    besides the loads and heads it did.
     """
     loads = _histogram("load_rows", load_rows)
     heads = _histogram("head_rows", head_rows)
@@ -237,7 +243,7 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     parts = {
         "layers": float(loads @ np.maximum(lp["memory"], lp["compute"])),
         "heads": float(heads @ np.maximum(hp["memory"], hp["compute"])),
-        "overhead": float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s,
+        "overhead": float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s + float(heads @ h) * hw.exit_s,
         "collectives": float(loads @ lp["collectives"] + heads @ hp["collectives"]),
         "transfers": stage_crossings * transfer_time(model, hw, hw.batch) if stage_crossings else 0.0,
     }

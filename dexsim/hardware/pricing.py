@@ -20,7 +20,8 @@ this module adds the two things a configuration changes about *what* is priced:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -143,6 +144,7 @@ def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: in
         if tp != 1:
             raise UserError(f"--tp {tp}: the profile {profile.path} times one device; tensor parallelism is "
                             f"priced by the roofline only")
+        gpu = replace(gpu, name=f"{gpu.name}@{Path(profile.path).name}")  # results say what priced them
     hw = cost.Hardware(gpu, tp=tp, pp=pp, batch=batch, profile=profile)
     cost.check_hardware(model, hw)
     return model, hw

@@ -50,6 +50,7 @@ class Profile:
     head_rows: np.ndarray  # [H] increasing
     head_s: np.ndarray  # [H]
     host_round_s: float  # the host's control per core round (core + engine bookkeeping, compute stubbed)
+    host_exit_s: float  # ... and per exit read
     transfer_rows: np.ndarray | None  # [T] rows of one stage-to-stage message, None: not measured
     transfer_s: np.ndarray | None
 
@@ -188,6 +189,9 @@ def load_profile(path) -> Profile:
     host = d.get("host_round_s")
     if not _is_number(host) or host < 0:
         raise _problem(path, "host_round_s", f"{_short(host)} is not a non-negative time in seconds")
+    host_exit = d.get("host_exit_s", 0.0)
+    if not _is_number(host_exit) or host_exit < 0:
+        raise _problem(path, "host_exit_s", f"{_short(host_exit)} is not a non-negative time in seconds")
     t_rows = t_s = None
     if d.get("transfer") is not None:
         t = d["transfer"]
@@ -206,7 +210,7 @@ def load_profile(path) -> Profile:
         raise _problem(path, "dtype", f"{_short(dtype)} is not a dtype name")
     return Profile(path=str(path), device=device["name"], catalog_gpu=gpu, arch={k: int(arch[k]) for k in SHAPE_FIELDS},
                    dtype=dtype, rows=rows, contexts=contexts, layer_s=layer_s, head_rows=head_rows, head_s=head_s,
-                   host_round_s=float(host), transfer_rows=t_rows, transfer_s=t_s)
+                   host_round_s=float(host), host_exit_s=float(host_exit), transfer_rows=t_rows, transfer_s=t_s)
 
 
 def check_shape(profile: Profile, model) -> None:
@@ -223,6 +227,7 @@ def rates_entry(d: dict) -> dict:
     if not isinstance(rates, dict):
         raise UserError("field rates: missing (not a measured profile of this machine)")
     out = {k: rates[k] for k in (*RATES, "memory_bytes") if k in rates}
-    if "host_round_s" in d:
-        out["round_overhead_s"] = d["host_round_s"]
+    for field, key in (("host_round_s", "round_overhead_s"), ("host_exit_s", "exit_overhead_s")):
+        if field in d:
+            out[key] = d[field]
     return out
