@@ -36,9 +36,10 @@ from dexsim.hardware import pricing  # noqa: E402
 from dexsim.replay import hindsight  # noqa: E402
 from dexsim.replay.executor import replay  # noqa: E402
 from dexsim.specs.catalog import DTYPE_BYTES  # noqa: E402
-from dexsim.specs.profile import load_profile  # noqa: E402
+from dexsim.hardware import cost  # noqa: E402
+from dexsim.specs.profile import load_profile, rates_entry  # noqa: E402
 from dexsim.traces.format import load_trace  # noqa: E402
-from dexsim.traces.transforms import first_seqs, first_tokens, rescale_depths  # noqa: E402
+from dexsim.traces.transforms import first_seqs, first_tokens, for_model  # noqa: E402
 
 TRACES = ("traces/smollm2-135m-lens-humaneval-raw.npz", "traces/smollm2-135m-trained-humaneval-raw.npz",
           "traces/synth-llama2-7b-eetrained.npz")
@@ -46,6 +47,10 @@ POLICIES = (("ar", {}), ("layerskip", {}), ("adaptive", {"exits": "every:3"}), (
             ("dex", {"explorers": 2, "buffer": 4, "priority": "align", "exits": "every:3"}),
             ("dex", {"explorers": 4, "buffer": 8, "exits": "every:3"}),
             ("dex", {"explorers": 8, "buffer": 16, "priority": "deep", "exits": "every:6"}))
+
+
+KINDS = ("roofline", "roofline_rated", "profile_a", "profile_b")
+COUNTERS = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
 
 
 def uptime() -> str:
@@ -56,13 +61,13 @@ def label(name: str, params: dict) -> str:
     return name + "".join(f" {k}={v}" for k, v in params.items())
 
 
-def onto(trace, L: int, name: str):
-    """The trace mapped by relative depth onto a model of L layers (as `--model` does in dexsim)."""
-    if trace.L == L:
-        return trace
-    from dexsim.specs.catalog import get_model
-
-    return rescale_depths(trace, replace(get_model("smollm2-135m"), name=name, layers=L))
+def prepared(trace, args):
+    """(trace to emulate, the model the simulator prices it as): with --shape, the trace mapped by relative
+    depth onto that catalog shape where their depths differ (as `--model` does in dexsim); with --model,
+    the trace as it is (the model must have its depth)."""
+    if args.model is None:
+        return for_model(trace, args.shape, flag="--shape")[0], args.shape
+    return trace, trace.meta["model"]
 
 
 def policies_for(trace, profile, model_name, heads, dtype, gpu):
@@ -159,6 +164,9 @@ def main(argv=None) -> int:
     prof_a = run_profile(args, out / "profile-a.json")
     loads["after profile A"] = uptime()
     profile_a, profile_b = load_profile(prof_a["path"]), None
+    # the roofline with the device entry profile A gives it (its rates and host terms, as cpu-local reads them)
+    rates = rates_entry(json.loads(Path(prof_a["path"]).read_text()))
+    rates = {k: v for k, v in rates.items() if isinstance(v, float) and np.isfinite(v)}
     traces = []
     for path in args.traces.split(","):
         traces.append(first_tokens(first_seqs(load_trace(str(ROOT / path) if not Path(path).exists() else path),
@@ -167,14 +175,12 @@ def main(argv=None) -> int:
     model, shape = load_model(args, positions)
     from dexref.emulate import emulate
 
-    warm = onto(traces[0], model.args.n_layer, shape["name"])
+    warm = prepared(traces[0], args)[0]
     emulate(first_tokens(first_seqs(warm, 1), 2), registry.make_policy("dex", warm.L, exits=warm.depths), model,
             graphs=model.device.type == "cuda")  # first calls (caches, allocator, compiled code loaded) untimed
     rows = []
     for trace0 in traces:
-        trace = onto(trace0, model.args.n_layer, shape["name"])
-        name = trace.meta["model"] if trace.L == trace0.L else trace0.meta["model"]
-        model_name = trace.meta["model"] if trace.L == trace0.L else "smollm2-135m"
+        trace, model_name = prepared(trace0, args)
         heads = trace.meta.get("heads", "lens")
         for lab, policy in policies_for(trace, profile_a, model_name, heads, args.dtype, args.gpu):
             if keep is not None and policy.name not in keep and lab.split()[0] not in keep:
@@ -186,11 +192,13 @@ def main(argv=None) -> int:
             rep = replay(trace, policy).counters.totals()
             assert best.counters == rep, (lab, best.counters, rep)
             assert best.output_matches_trace, lab
-            row = {"trace": Path(trace0.path).name, "model": name, "depth_mapped": trace.L != trace0.L,
+            row = {"trace": Path(trace0.path).name, "model": model_name, "depth_mapped": trace.L != trace0.L,
                    "policy": lab, **best.counters, "emulated_s": best.seconds(args.clock),
                    "emulated_wall_s": best.wall_s, "emulated_cpu_s": best.cpu_s}
             roof_m, roof_hw = priced_on(trace, model_name, heads, args.dtype, args.gpu, None)
             row["roofline_s"] = pricing.price(best.tally, roof_m, roof_hw)["sim_seconds"]
+            rated = cost.Hardware(replace(roof_hw.gpu, **rates), tp=1, pp=1, batch=1)
+            row["roofline_rated_s"] = pricing.price(best.tally, roof_m, rated)["sim_seconds"]
             prof_m, prof_hw = priced_on(trace, model_name, heads, args.dtype, args.gpu, profile_a)
             priced = pricing.price(best.tally, prof_m, prof_hw)
             row["profile_a_s"], row["profile_extrapolated"] = priced["sim_seconds"], priced["extrapolated"]
@@ -204,8 +212,7 @@ def main(argv=None) -> int:
     # price again with profile B (the same tallies: re-emulating is not needed, the counters are the replay's)
     by_trace = {}
     for trace0 in traces:
-        trace = onto(trace0, model.args.n_layer, shape["name"])
-        model_name = trace.meta["model"] if trace.L == trace0.L else "smollm2-135m"
+        trace, model_name = prepared(trace0, args)
         by_trace[Path(trace0.path).name] = (trace, model_name, trace.meta.get("heads", "lens"))
     tallies = {}
     for row in rows:
@@ -216,14 +223,14 @@ def main(argv=None) -> int:
             tallies[row["trace"], row["policy"]] = pricing.tally_of(replay(trace, pol))
         m, hw = priced_on(trace, model_name, heads, args.dtype, args.gpu, profile_b)
         row["profile_b_s"] = pricing.price(tallies[row["trace"], row["policy"]], m, hw)["sim_seconds"]
-        for k in ("roofline", "profile_a", "profile_b"):
+        for k in KINDS:
             row[f"{k}_err"] = row[f"{k}_s"] / row["emulated_s"] - 1
     rankings = {}
-    for t in by_trace:
-        sub = [r for r in rows if r["trace"] == t]
+    for t in by_trace:  # a row whose schedule another row already has (oracle-select's pick) is not ranked twice
+        sub = list({tuple(r[c] for c in COUNTERS): r for r in reversed([r for r in rows if r["trace"] == t])}.values())
         measured = [r["policy"] for r in sorted(sub, key=lambda r: r["emulated_s"])]
         rankings[t] = {"measured": measured, **{k: [r["policy"] for r in sorted(sub, key=lambda r: r[f"{k}_s"])] == measured
-                                                for k in ("roofline", "profile_a", "profile_b")}}
+                                                for k in KINDS}}
     a, b = (json.loads(Path(x["path"]).read_text()) for x in (prof_a, prof_b))
     result = {"clock": args.clock, "command": " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
               "machine": {"device": a["device"], "host": a["host"]}, "shape": shape, "dtype": args.dtype,
@@ -236,18 +243,20 @@ def main(argv=None) -> int:
 
 def table(result: dict) -> str:
     lines = ["| trace | policy | tokens | rounds | weight loads | head evals | emulated s | roofline s (err) | "
-             "profile A s (err) | profile B s (err) |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "roofline, rates of A (err) | profile A s (err) | profile B s (err) |", "|" + "---|" * 11]
     for r in result["rows"]:
+        cells = [f"{r[f'{k}_s']:.3f} ({r[f'{k}_err']:+.1%})" for k in KINDS]
         lines.append(f"| {r['trace']} | {r['policy']} | {r['tokens']} | {r['rounds']} | {r['weight_loads']} | "
-                     f"{r['head_evals']} | {r['emulated_s']:.3f} | {r['roofline_s']:.3f} ({r['roofline_err']:+.1%}) | "
-                     f"{r['profile_a_s']:.3f} ({r['profile_a_err']:+.1%}) | {r['profile_b_s']:.3f} "
-                     f"({r['profile_b_err']:+.1%}) |")
+                     f"{r['head_evals']} | {r['emulated_s']:.3f} | " + " | ".join(cells) + " |")
     lines.append("")
     for t, rk in result["rankings"].items():
-        lines.append(f"- {t}: measured order {' < '.join(rk['measured'])}; same order: roofline {rk['roofline']}, "
-                     f"profile A {rk['profile_a']}, profile B {rk['profile_b']}")
-    errs = {k: np.abs([r[f"{k}_err"] for r in result["rows"]]) for k in ("roofline", "profile_a", "profile_b")}
+        lines.append(f"- {t}: measured order {' < '.join(rk['measured'])}; same order: "
+                     + ", ".join(f"{k} {rk[k]}" for k in KINDS))
+    errs = {k: np.abs([r[f"{k}_err"] for r in result["rows"]]) for k in KINDS}
     lines.append("- |error| max / median: " + "; ".join(f"{k} {v.max():.1%} / {np.median(v):.1%}" for k, v in errs.items()))
+    lines.append(f"- rows within 10% (profile A / B): {sum(errs['profile_a'] <= 0.1)} / {sum(errs['profile_b'] <= 0.1)} "
+                 f"of {len(result['rows'])}; within 20% (roofline / with A's rates): {sum(errs['roofline'] <= 0.2)} / "
+                 f"{sum(errs['roofline_rated'] <= 0.2)}")
     lines.append(f"- profile spread (B vs A): {json.dumps(result['profile_spread'])}")
     lines.append(f"- load averages: {json.dumps(result['loads'])}")
     return "\n".join(lines)

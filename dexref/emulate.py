@@ -55,6 +55,7 @@ class EmulateExecutor(ReplayExecutor):
         self.stub = stub
         if stub:
             self.engine._round = lambda *a: None
+        self.inside = np.zeros(2)  # [wall, cpu] seconds spent in the engine's layer and head calls
 
     def _view(self, lat) -> SimpleNamespace:
         """The lattice as the engine sees it: `tag` = each live node's pool slot, tokens within the vocabulary
@@ -69,12 +70,18 @@ class EmulateExecutor(ReplayExecutor):
         self.engine.spawned(self._view(lat), s, j)
 
     def compute(self, lat, s, j, layers):
-        self.engine.compute(self._view(lat), s, j, layers)
+        view = self._view(lat)
+        t = _clocks()
+        self.engine.compute(view, s, j, layers)
+        self.inside += _clocks() - t
 
     def read_exits(self, lat, s, j):
         tok, conf = super().read_exits(lat, s, j)
         if not self.stub:
-            self.engine.read_exits(self._view(lat), s, j)  # the head and the sampling, whose answer the trace gives
+            view = self._view(lat)
+            t = _clocks()
+            self.engine.read_exits(view, s, j)  # the head and the sampling, whose answer the trace gives
+            self.inside += _clocks() - t
         return tok, conf
 
     def committed(self, lat, s, node_ids):
@@ -90,6 +97,7 @@ class Emulation:
     tally: Tally  # what pricing reads, summed over sequences
     wall_s: float  # decoding only, every sequence (prefill and set-up excluded)
     cpu_s: float  # the same, this process's CPU time
+    inside: np.ndarray  # [wall, cpu] of that in the engine's layer and head calls (the rest is the host's control)
     outputs: list  # committed tokens of each sequence
     output_matches_trace: bool
 
@@ -99,6 +107,10 @@ class Emulation:
 
     def seconds(self, clock: str) -> float:
         return self.cpu_s if clock == "cpu" else self.wall_s
+
+    def host_seconds(self, clock: str) -> float:
+        """The time outside the engine's layer and head calls: the core, the replay, the bookkeeping."""
+        return self.seconds(clock) - self.inside[1 if clock == "cpu" else 0]
 
 
 def _sync(model) -> None:
@@ -114,7 +126,7 @@ def emulate(trace: Trace, policy, model, *, seed: int = 0, jump: bool = False, g
     if model.args.n_layer != trace.L:
         raise ValueError(f"the model has {model.args.n_layer} layers, the trace {trace.L}")
     replay_lattice(trace, policy)  # the replay's checks (recorded exit depths, lattice size), nothing run
-    tallies, totals, outputs, wall, cpu = [], [], [], 0.0, 0.0
+    tallies, totals, outputs, wall, cpu, inside = [], [], [], 0.0, 0.0, np.zeros(2)
     for s in range(trace.n_seqs):
         lo, hi = int(trace.seq_offsets[s]), int(trace.seq_offsets[s + 1])
         lat = core.Lattice(L=trace.L, exits=policy.exits, capacity=policy.buffer + 1, root_tokens=[core.NO_TOKEN],
@@ -125,6 +137,7 @@ def emulate(trace: Trace, policy, model, *, seed: int = 0, jump: bool = False, g
         core.run(lat, policy, ex)
         _sync(model)
         wall, cpu = wall + time.perf_counter() - t0, cpu + time.process_time() - c0
+        inside += ex.inside
         tallies.append(tally_of(lat))
         totals.append(lat.counters.totals())
         outputs.append(lat.output[0, : int(lat.counters.tokens[0])].tolist())
@@ -134,7 +147,11 @@ def emulate(trace: Trace, policy, model, *, seed: int = 0, jump: bool = False, g
     matches = all(out == trace.final[trace.seq_offsets[s]: trace.seq_offsets[s + 1]].tolist()
                   for s, out in enumerate(outputs))
     counters = {k: sum(t[k] for t in totals) for k in totals[0]} if totals else {}
-    return Emulation(counters, tally, wall, cpu, outputs, matches)
+    return Emulation(counters, tally, wall, cpu, inside, outputs, matches)
+
+
+def _clocks() -> np.ndarray:
+    return np.array([time.perf_counter(), time.process_time()])
 
 
 def sum_tallies(tallies: list) -> Tally:

@@ -8,16 +8,18 @@ repeats (the run least disturbed by anything else on the machine):
   static-shape steps replayed as CUDA graphs on a GPU), timed over every layer of the model in turn
   (as decoding streams them, so no layer's weights are still in a cache) and divided by the depth;
 - `head_s[r]`: one exit-head group of r rows with the sampling (`TorchExecutor.read_exits`);
-- `host_round_s`, `host_exit_s`: the host's control per lattice-core round and per exit read,
-  measured by emulating a synthetic trace of the shape's depth under several policies with the layer
-  and head computations stubbed (`EmulateExecutor(stub=True)`: the core's rules, the replay's
-  decisions and the engine's bookkeeping: pool slots, KV promotion, embedding spawns), fitted by
-  least squares to each run's rounds and exit reads;
+- `host_round_s`, `host_exit_s`: the host's control per lattice-core round and per exit read (the
+  core's rules, the replay's decisions and the engine's bookkeeping: pool slots, KV promotion,
+  embedding spawns), from emulations of a synthetic trace of the shape's depth under several
+  policies, fitted by least squares to each run's rounds and exit reads: with the layer and head
+  computations stubbed, and in situ (`time_host` says which is priced where, and why);
 - `transfer`: with two or more devices, a hidden-state message of r rows from one to the next;
   null (and a note) otherwise;
-- `rates`: the device-independent microbenchmark of `python -m dexsim calibrate` (this machine's
-  memory bandwidth, fp32 FLOP/s and per-op time), so a CPU profile can also serve as the cpu-local
-  catalog entry.
+- `rates`: the roofline's numbers for this device as the engine meets them: `python -m dexsim
+  calibrate`'s memory bandwidth (a plain copy) and FLOP/s, with the engine's own per-op time (one
+  small torch op, where the roofline's numpy op is far cheaper) and bandwidth efficiency (a one-row
+  product over a large weight matrix in the run's dtype, as a layer's projections are, against the
+  copy), so a CPU profile can also serve as the cpu-local catalog entry.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ from .engine import TorchExecutor
 
 CPU_ROWS = (1, 2, 4, 8, 16, 32)
 CPU_CONTEXTS = (128, 512, 2048, 8192)
-HOST_POLICIES = (("ar", {}), ("layerskip", {}), ("adaptive", {}), ("dex", {"explorers": 4, "buffer": 8}),
-                 ("dex", {"explorers": 8, "buffer": 16, "priority": "deep"}))
+HOST_POLICIES = (("ar", {}), ("layerskip", {}), ("adaptive", {"threshold": 0.5}),
+                 ("dex", {"explorers": 4, "buffer": 8}), ("dex", {"explorers": 8, "buffer": 16, "priority": "deep"}))
 
 
 def _sync(dev) -> None:
@@ -118,9 +120,13 @@ def time_heads(model, rows, repeats: int, bar) -> np.ndarray:
     return out
 
 
-def time_host(model, spec_name: str, repeats: int, bar, tokens: int = 24, seqs: int = 2) -> dict:
-    """Seconds of the host's control per lattice-core round: the emulation of a synthetic trace of the
-    model's depth with compute stubbed, pooled over HOST_POLICIES (each policy's own figure kept too)."""
+def time_host(model, spec_name: str, repeats: int, bar, tokens: int = 8, seqs: int = 2) -> dict:
+    """Seconds of the host's control per lattice-core round and per exit read, from emulations of a
+    synthetic trace of the model's depth under HOST_POLICIES, two ways: `stubbed` (layer and head
+    computations skipped: the host's code alone) and `in_situ` (everything computed, the time outside
+    the engine's layer and head calls: the same code, run between real layer calls). On a CPU the
+    host's code shares the core and its caches with the computation, and runs slower in situ, so the
+    in-situ figures are the profile's; on a GPU the host runs beside the device, and the stubbed are."""
     from dexsim.core import registry
     from dexsim.traces.synth import synth_trace
     from dexsim.traces.transforms import rescale_depths
@@ -128,23 +134,27 @@ def time_host(model, spec_name: str, repeats: int, bar, tokens: int = 24, seqs: 
     from .emulate import emulate
 
     L = model.args.n_layer
-    trace = synth_trace("smollm2-135m", seqs, tokens, ead="beta:2,1.2", seed=0)
+    trace = synth_trace("smollm2-135m", seqs, tokens, ead="beta:2,1.2", depths="every:3", seed=0)
     if trace.L != L:
         trace = rescale_depths(trace, replace(get_model("smollm2-135m"), name=spec_name, layers=L))
-    per = {}
+    runs = {"stubbed": {}, "in_situ": {}}
     for name, params in HOST_POLICIES:
         policy = registry.make_policy(name, L, exits=trace.depths, depths=trace.depths, **params)
-        best, counters = float("inf"), None
-        for _ in range(max(repeats, 1)):
-            run = emulate(trace, policy, model, stub=True)
-            best, counters = min(best, run.seconds(CLOCK[0])), run.counters
         label = name + "".join(f" {k}={v}" for k, v in params.items())
-        per[label] = {"rounds": counters["rounds"], "head_evals": counters["head_evals"], "seconds": best}
+        for way, stub in (("stubbed", True), ("in_situ", False)):
+            best, counters = float("inf"), None
+            for _ in range(max(repeats, 1) if stub else 1):
+                run = emulate(trace, policy, model, stub=stub)
+                best, counters = min(best, run.host_seconds(CLOCK[0])), run.counters
+            runs[way][label] = {"rounds": counters["rounds"], "head_evals": counters["head_evals"], "seconds": best}
         bar.update(1)
-    round_s, exit_s = fit_host(per.values())
-    return {"per_round_s": round_s, "per_exit_s": exit_s, "policies": per,
-            "fit": "seconds = per_round_s x rounds + per_exit_s x head_evals, least squares over the policies",
-            "trace": f"synthetic, {seqs} sequences x {tokens} tokens, depth {L}, every layer an exit"}
+    out = {"fit": "seconds = per_round_s x rounds + per_exit_s x head_evals, least squares over the policies",
+           "trace": f"synthetic, {seqs} sequences x {tokens} tokens, depth {L}, exits every 3rd layer"}
+    for way, per in runs.items():
+        round_s, exit_s = fit_host(per.values())
+        out[way] = {"per_round_s": round_s, "per_exit_s": exit_s, "policies": per}
+    out["priced"] = "stubbed" if model.device.type == "cuda" else "in_situ"
+    return out
 
 
 def fit_host(runs) -> tuple[float, float]:
@@ -173,6 +183,32 @@ def time_transfer(model, rows, repeats: int, bar) -> tuple[dict | None, str | No
         out.append(_best(lambda: x.to(dst, non_blocking=False), repeats, dev))
         bar.update(1)
     return {"rows": list(rows), "seconds": out, "from": str(dev), "to": str(dst)}, None
+
+
+def engine_rates(dtype, dev, repeats: int, rows: int = 8192, cols: int = 4096, calls: int = 200) -> dict:
+    """(seconds per small torch op, bytes/s of a one-row product) on `dev` in `dtype` (see the module)."""
+    w = torch.randn(rows, cols, device=dev).to(dtype)
+    x = torch.randn(1, cols, device=dev).to(dtype)
+    gemv = _best(lambda: x @ w.T, repeats, dev)
+    a = torch.ones(64, device=dev, dtype=dtype)
+    op = _best(lambda: [torch.add(a, a) for _ in range(calls)], repeats, dev) / calls
+    return {"kernel_overhead_s": op, "gemv_bytes_per_s": w.numel() * w.element_size() / gemv,
+            "source": f"one torch.add of 64 elements ({calls} calls) and one [1, {cols}] x [{cols}, {rows}] "
+                      f"product, {dtype}, on {dev}, best of {repeats}"}
+
+
+def layer_efficiency(arch: dict, dtype: str, rates: dict, seconds: float, ctx: int) -> float:
+    """The share of the copy bandwidth a one-row layer step reaches: dexsim's byte count of that step
+    over its measured time, less the fixed per-op overhead of its ops (the cpu-measured class's count)."""
+    from dexsim.hardware import cost
+    from dexsim.specs.catalog import DTYPE_BYTES, get_gpu, spec_from_arch
+
+    model = spec_from_arch("profiled", {**arch, "params": 1, "dtype": dtype, "bytes_per_weight": DTYPE_BYTES[dtype]})
+    gpu = replace(get_gpu("cpu-local"), memory_bandwidth=rates["memory_bandwidth"], bandwidth_efficiency=1.0,
+                  peak_flops=rates["peak_flops"], compute_efficiency=1.0, kernel_overhead_s=rates["kernel_overhead_s"])
+    parts = cost.layer_parts(model, cost.Hardware(gpu), 1.0, float(ctx))
+    streaming = seconds - float(parts["overhead"])
+    return float(min(1.0, float(parts["memory"]) / streaming)) if streaming > 0 else 1.0
 
 
 def device_info(dev) -> dict:
@@ -215,7 +251,16 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
         head_s = time_heads(model, head_rows, repeats, bar)
         host = time_host(model, shape["name"], max(1, repeats // 2), bar)
         transfer, note = time_transfer(model, head_rows, repeats, bar)
-    rates = calibrate.measure(rates_seconds)
+    with torch.inference_mode():
+        eng = engine_rates(model.dtype, dev, repeats)
+    if dev.type == "cpu":
+        rates = calibrate.measure(rates_seconds)
+        rates.update(kernel_overhead_s=eng["kernel_overhead_s"],
+                     bandwidth_efficiency=layer_efficiency(shape["arch"], dtype, rates, layer_s[0, 0], contexts[0]))
+    else:  # calibrate measures the host; a GPU's rates are the engine's alone
+        rates = {"peak_flops": float("nan"), "memory_bandwidth": eng["gemv_bytes_per_s"], "bandwidth_efficiency": 1.0,
+                 "kernel_overhead_s": eng["kernel_overhead_s"], "memory_bytes": torch.cuda.get_device_properties(dev).total_memory,
+                 "source": "the device's one-row product bandwidth (no FLOP/s measured)"}
     return {
         "format": FORMAT,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -229,10 +274,15 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
         "cuda_graphs": graphs, "clock": CLOCK[0],
         "rows": list(rows), "contexts": list(contexts), "layer_s": layer_s.tolist(),
         "head_rows": list(head_rows), "head_s": head_s.tolist(),
-        "host_round_s": host["per_round_s"], "host_exit_s": host["per_exit_s"], "host_control": host,
+        "host_round_s": host[host["priced"]]["per_round_s"], "host_exit_s": host[host["priced"]]["per_exit_s"],
+        "host_control": host,
         "transfer": transfer, "notes": [note] if note else [],
-        "rates": {k: rates[k] for k in ("peak_flops", "memory_bandwidth", "kernel_overhead_s", "memory_bytes")},
-        "rates_source": rates["source"],
+        "rates": {k: rates[k] for k in ("peak_flops", "memory_bandwidth", "kernel_overhead_s", "memory_bytes",
+                                        "bandwidth_efficiency")},
+        "rates_source": f"{rates['source']}; kernel_overhead_s is the engine's ({eng['source']}); "
+                        f"bandwidth_efficiency: the bytes of one layer step of one row at context {contexts[0]} "
+                        f"(dexsim's roofline count) over the measured layer_s[0][0] less its ops' overhead, "
+                        f"as a share of the copy bandwidth (one calibration point, as gpt-fast's is for the GPUs)",
     }
 
 

@@ -79,8 +79,11 @@ def _cmd_cost(args) -> int:
     print(f"  AR step      {r['seconds_per_token'] * 1e3:9.3f} ms   ({r['tokens_per_s']:.1f} tokens/s)")
     for p, s in r["parts"].items():
         print(f"  {p:<12} {s * 1e3:9.3f} ms")
-    print(f"  roofline: memory {r['memory_s'] * 1e3:.3f} ms vs compute {r['compute_s'] * 1e3:.3f} ms "
-          f"-> {r['bound']}-bound; largest part: {r['dominant']}")
+    if "profile" in r:
+        print(f"  measured: {r['profile']}; largest part: {r['dominant']}")
+    else:
+        print(f"  roofline: memory {r['memory_s'] * 1e3:.3f} ms vs compute {r['compute_s'] * 1e3:.3f} ms "
+              f"-> {r['bound']}-bound; largest part: {r['dominant']}")
     return 0
 
 

@@ -226,7 +226,7 @@ def rates_entry(d: dict) -> dict:
     rates = d.get("rates")
     if not isinstance(rates, dict):
         raise UserError("field rates: missing (not a measured profile of this machine)")
-    out = {k: rates[k] for k in (*RATES, "memory_bytes") if k in rates}
+    out = {k: rates[k] for k in (*RATES, "memory_bytes", "bandwidth_efficiency") if k in rates}
     for field, key in (("host_round_s", "round_overhead_s"), ("host_exit_s", "exit_overhead_s")):
         if field in d:
             out[key] = d[field]
