@@ -195,7 +195,8 @@ def ar_breakdown(model: ModelSpec, hw: Hardware, context: float) -> dict:
     parts = {
         "layers": L * float(np.maximum(lp["memory"], lp["compute"])),
         "heads": float(np.maximum(hp["memory"], hp["compute"])),
-        "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,  # AR: L rounds a token
+        # AR: L rounds and one exit read per token
+        "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,
         "collectives": L * float(lp["collectives"]) + float(hp["collectives"]),
         "transfers": (hw.pp - 1) * transfer_time(model, hw, rows) if hw.pp > 1 else 0.0,
     }
@@ -243,7 +244,8 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     parts = {
         "layers": float(loads @ np.maximum(lp["memory"], lp["compute"])),
         "heads": float(heads @ np.maximum(hp["memory"], hp["compute"])),
-        "overhead": float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s + float(heads @ h) * hw.exit_s,
+        "overhead": (float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s
+                     + float(heads @ h) * hw.exit_s),
         "collectives": float(loads @ lp["collectives"] + heads @ hp["collectives"]),
         "transfers": stage_crossings * transfer_time(model, hw, hw.batch) if stage_crossings else 0.0,
     }
