@@ -64,10 +64,10 @@ def label(name: str, params: dict) -> str:
 def prepared(trace, args):
     """(trace to emulate, the model the simulator prices it as): with --shape, the trace mapped by relative
     depth onto that catalog shape where their depths differ (as `--model` does in dexsim); with --model,
-    the trace as it is (the model must have its depth)."""
+    the trace as it is (the model must have its depth), priced from the model's own arch."""
     if args.model is None:
         return for_model(trace, args.shape, flag="--shape")[0], args.shape
-    return trace, trace.meta["model"]
+    return trace, f"model:{Path(args.model).name}"
 
 
 def policies_for(trace, profile, model_name, heads, dtype, gpu):
@@ -89,9 +89,13 @@ def policies_for(trace, profile, model_name, heads, dtype, gpu):
     return out
 
 
+ARCH = {}  # the emulated model's arch, for a model outside the catalog (--model)
+
+
 def priced_on(trace, model_name, heads, dtype, gpu, profile):
-    """(model, hardware) the simulator prices this trace on: the catalog model in the dtype it was run in."""
-    model, hw = pricing.hardware(model_name, gpu, heads=heads, layers=trace.L, arch=trace.meta.get("arch"),
+    """(model, hardware) the simulator prices this trace on: the catalog model (or the --model's own arch)
+    in the dtype it was run in."""
+    model, hw = pricing.hardware(model_name, gpu, heads=heads, layers=trace.L, arch=ARCH or trace.meta.get("arch"),
                                  profile=profile)
     return replace(model, dtype=dtype, bytes_per_weight=float(DTYPE_BYTES[dtype])), hw
 
@@ -143,7 +147,8 @@ def main(argv=None) -> int:
     p.add_argument("--traces", default=",".join(TRACES))
     p.add_argument("--seqs", type=int, default=2, help="the first N sequences of each trace")
     p.add_argument("--tokens", type=int, default=12, help="the first N tokens of each sequence")
-    p.add_argument("--policies", default=None, help="only these labels' policy names, comma-separated (default: all)")
+    p.add_argument("--policies", default=None, help="only these of the policies (ar, layerskip, adaptive, oracle-select, "
+                                                    "dex), comma-separated (default: all)")
     p.add_argument("--repeats", type=int, default=1, help="emulations of each row; the best is kept")
     p.add_argument("--rows", default="1,2,4,8,16,32")
     p.add_argument("--contexts", default="64,256,1024,8192")
@@ -173,6 +178,12 @@ def main(argv=None) -> int:
                                               args.seqs), args.tokens))
     positions = max(int((t.prompt_len + np.diff(t.seq_offsets)).max()) for t in traces) + 40
     model, shape = load_model(args, positions)
+    if args.model is not None:
+        ARCH.update(shape["arch"], params=sum(p.numel() for p in model.parameters()), dtype=args.dtype)
+        skipped = [t.path for t in traces if t.L != model.args.n_layer]
+        for path in skipped:
+            print(f"note: {path}: {model.args.n_layer} layers in --model, skipped", file=sys.stderr)
+        traces = [t for t in traces if t.L == model.args.n_layer]
     from dexref.emulate import emulate
 
     warm = prepared(traces[0], args)[0]
@@ -183,7 +194,7 @@ def main(argv=None) -> int:
         trace, model_name = prepared(trace0, args)
         heads = trace.meta.get("heads", "lens")
         for lab, policy in policies_for(trace, profile_a, model_name, heads, args.dtype, args.gpu):
-            if keep is not None and policy.name not in keep and lab.split()[0] not in keep:
+            if keep is not None and lab.split()[0] not in keep:
                 continue
             best = None
             for _ in range(args.repeats):
