@@ -12,12 +12,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from dexsim import config
 from dexsim.config import from_args
 from dexsim.core import registry
 from dexsim.errors import UserError
 
-from .load import DTYPES, ModelConfig, exit_set, load_model
+from .load import DTYPES, ModelConfig, exit_set, load_model, load_shape
 
 TRAIN_DEPTHS = "every:3"  # train-exits defaults: dexref/README.md has the measurements behind them
 DEFAULT_STEPS = 60
@@ -291,6 +293,90 @@ def cmd_train_exits(args) -> int:
     return 0
 
 
+def add_shape_flags(p) -> None:
+    p.add_argument("--shape", default=None, help="random weights of this dexsim catalog shape (e.g. smollm2-135m, llama2-7b)")
+    p.add_argument("--model", default=None, help="or a real model: a cached one (see `fetch`) or a Hugging Face checkpoint folder")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: a GPU when one is present)")
+    p.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)}")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def cmd_profile(args) -> int:
+    from dexsim.specs.calibrate import write_profile
+
+    from . import profile as prof
+
+    rows = prof.parse_grid("--rows", args.rows)
+    contexts = prof.parse_grid("--contexts", args.contexts)
+    head_rows = prof.parse_grid("--head-rows", args.head_rows or args.rows)
+    if args.repeats < 1:
+        raise UserError(f"--repeats {args.repeats}: must be >= 1")
+    config.check_writable("--out", args.out)
+    prof.CLOCK[0] = args.clock
+    model, shape = load_shape(args, max(contexts) + max(rows) + 2)
+    if max(contexts) + max(rows) + 2 > model.args.max_len:
+        raise UserError(f"--contexts {args.contexts}: beyond the context of {shape['name']} "
+                        f"({model.args.max_len} positions)")
+    given = {"--shape": args.shape, "--model": args.model, "--device": args.device, "--dtype": args.dtype,
+             "--threads": args.threads, "--rows": args.rows, "--contexts": args.contexts, "--head-rows": args.head_rows,
+             "--repeats": args.repeats, "--clock": args.clock, "--out": args.out}
+    argv = ["profile"] + [x for k, v in given.items() if v is not None for x in (k, str(v))]
+    out = prof.profile(model, shape, args.dtype, rows, contexts, head_rows, args.repeats, argv)
+    write_profile(out, args.out)
+    layer = np.asarray(out["layer_s"])
+    print(json.dumps({"out": args.out, "device": out["device"]["name"], "layer_ms_1_row": round(layer[0, 0] * 1e3, 4),
+                      "head_ms_1_row": round(out["head_s"][0] * 1e3, 4),
+                      "host_round_us": round(out["host_round_s"] * 1e6, 2), "notes": out["notes"]}))
+    return 0
+
+
+def cmd_emulate(args) -> int:
+    from dexsim import depths as depth_sets
+    from dexsim.traces.format import load_trace
+    from dexsim.traces.transforms import first_seqs, first_tokens, for_model
+
+    from .emulate import emulate
+
+    for flag, v in (("--max-seqs", args.max_seqs), ("--max-tokens", args.max_tokens)):
+        if v is not None and v < 1:
+            raise UserError(f"{flag} {v}: must be >= 1")
+    trace = first_tokens(first_seqs(load_trace(args.trace), args.max_seqs), args.max_tokens)
+    cfg = registry.policy_config(args)
+    registry.get(cfg.name, known=registry.names(hindsight=False))
+    trace, rescaled = for_model(trace, args.shape, flag="--shape") if args.shape else (trace, False)
+    positions = int((trace.prompt_len + np.diff(trace.seq_offsets)).max()) + cfg.params.get("buffer", 0) + 2
+    model, shape = load_shape(args, positions)
+    if model.args.n_layer != trace.L:
+        raise UserError(f"--model {args.model}: {model.args.n_layer} layers, but {trace.path} records {trace.L} "
+                        f"(emulate a model of the trace's depth, or a catalog --shape: depths are then mapped)")
+    if positions > model.args.max_len:
+        raise UserError(f"{trace.path}: sequences of up to {positions} positions exceed the context of "
+                        f"{shape['name']} ({model.args.max_len})")
+    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
+    policy = registry.make_policy(cfg.name, trace.L, exits=exits, depths=trace.depths, **cfg.own())
+    from tqdm import tqdm
+
+    with tqdm(total=trace.n_seqs, desc="emulate", unit="seq", file=sys.stderr, mininterval=1) as bar:
+        run = emulate(trace, policy, model, seed=args.seed, jump=args.jump, graphs=model.device.type == "cuda",
+                      progress=bar.update)
+    out = {"trace": trace.path, "policy": policy.name, **registry.policy_params(policy), **run.counters,
+           "output_matches_trace": run.output_matches_trace, "model": trace.meta.get("model"),
+           "depth_rescaled": rescaled, "shape": shape["name"], "device": str(model.device), "dtype": args.dtype,
+           "threads": torch_threads(), "wall_s": run.wall_s, "cpu_s": run.cpu_s, "tokens_per_s": run.tokens_per_s}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>22}: {v}")
+    return 0
+
+
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 # ---------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,6 +445,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the initialisation and the batch order")
     p.add_argument("--out", required=True, help="manifest to write, NAME.json (NAME.safetensors beside it)")
     p.set_defaults(func=cmd_train_exits)
+
+    p = sub.add_parser("profile", help="time a layer step (rows x context), an exit head, a round's host control "
+                                        "and a stage transfer on a device: a profile dexsim prices from (--profile)")
+    add_shape_flags(p)
+    p.add_argument("--rows", default="1,2,4,8,16,32", help="rows per layer step (and exit-head group)")
+    p.add_argument("--contexts", default="64,256,1024,8192", help="KV positions each row reads")
+    p.add_argument("--head-rows", default=None, help="rows per exit-head group (default: --rows)")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats of every point; the best is kept")
+    p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                   help="wall clock, or this process's CPU time (a CPU shared with other jobs; with --threads 1)")
+    p.add_argument("--out", required=True, help="profile to write (JSON)")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("emulate", help="replay a trace under a policy (the replay's decisions) while computing every "
+                                        "node-layer and exit head it schedules on a model: counters and wall-clock")
+    p.add_argument("--trace", required=True, help="trace file (.npz)")
+    add_shape_flags(p)
+    registry.add_policy_flags(p, known=registry.names(hindsight=False))
+    p.add_argument("--seed", type=config.parse_seed, default=0, help="seed of the off-path exit tokens (as replay's)")
+    p.add_argument("--max-seqs", type=int, default=None, help="the first N sequences of the trace")
+    p.add_argument("--max-tokens", type=int, default=None, help="the first N tokens of each sequence")
+    p.add_argument("--jump", action="store_true", help="let the core take quiet stretches of rounds in one step")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_emulate)
     return parser
 
 

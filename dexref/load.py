@@ -109,6 +109,33 @@ def load_model(cfg: ModelConfig):
     return model, tok, meta
 
 
+def load_shape(args, positions: int = 0):
+    """(model, shape) of --shape NAME (random weights of a catalog shape, its context raised to
+    `positions` where needed) or --model (a cached model or a checkpoint folder): exactly one."""
+    import torch
+
+    from .checkpoint import RANDOM, random_args, random_model
+
+    if (args.shape is None) == (args.model is None):
+        raise UserError("--shape NAME or --model PATH: exactly one is required")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError(f"--threads {args.threads}: must be >= 1")
+        torch.set_num_threads(args.threads)
+    if args.shape is not None:
+        device = resolve_device(args.device)
+        a = random_args(args.shape)
+        a.max_len = max(a.max_len, positions)
+        model, name = random_model(a, resolve_dtype(args.dtype, device), device), f"{RANDOM}{args.shape}"
+    else:
+        model, _, meta = load_model(ModelConfig(model=args.model, dtype=args.dtype, device=args.device))
+        name = args.model
+    a = model.args
+    arch = {"layers": a.n_layer, "hidden": a.dim, "intermediate": a.intermediate, "heads": a.n_head,
+            "kv_heads": a.n_kv_head, "head_dim": a.head_dim, "vocab": a.vocab}
+    return model, {"name": name, "arch": arch}
+
+
 def exit_set(spec: str, L: int, heads, flag: str):
     """An exit-depth spec on a model of L layers; with trained heads `all` means every trained depth
     and L, and any other depth is refused."""

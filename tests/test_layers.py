@@ -18,7 +18,8 @@ LAYERS = {
     "dexsim.core": 3,  # the lattice core, policies and their registry
     "dexsim.replay": 4, "dexref.engine": 4, "dexref.record": 4, "dexref.load": 4,  # executors
     "dexref.testing": 4, "proofs": 4,
-    "dexsim.hardware": 5, "dexsim.des": 6,  # pricing, then the discrete-event simulator
+    "dexsim.hardware": 5, "dexref.emulate": 5, "dexref.profile": 5,  # emulation sums what pricing reads
+    "dexsim.des": 6,  # pricing, then the discrete-event simulator
     "dexsim.sweep": 7,
     "dexsim.cli": 8, "dexref.cli": 8, "dexsim.__main__": 8, "dexref.__main__": 8,  # command lines
     "viz": 9,  # plots and animations, which read results and event logs

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 
 from dexsim.specs import calibrate as calib
 from dexsim.specs.catalog import get_gpu, get_model, gpus, model_spec, models
 from dexsim.traces.format import load_trace
-from dexsim.hardware.cost import PARTS, Hardware, ar_breakdown, check_hardware
+from dexsim.hardware.cost import PARTS, ar_breakdown, check_hardware
+from dexsim.hardware.pricing import hardware, profile_gpu
+from dexsim.specs.profile import load_profile
 from dexsim.config import check_writable
 from dexsim.errors import UserError
 
@@ -40,21 +43,35 @@ def _named(flag: str, lookup, name: str):
         raise UserError(f"{flag}: {e}") from None
 
 
-def cost_report(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
-                context: int = 128) -> dict:
+def cost_report(model_name: str, gpu_name: str | None, tp: int = 1, pp: int = 1, batch: int = 1,
+                context: int = 128, profile_path: str | None = None) -> dict:
+    """AR decoding of `model_name` on a GPU configuration: the roofline, or a measured profile's tables."""
     model = _named("--model", get_model, model_name)
-    hw = Hardware(_named("--gpu", get_gpu, gpu_name), tp=tp, pp=pp, batch=batch)
+    profile = None if profile_path is None else load_profile(profile_path)
+    if gpu_name is None:
+        if profile is None:
+            raise UserError("--gpu: required (or --profile, which names the catalog entry it was measured as)")
+        gpu_name = profile_gpu(profile)
+    gpu = _named("--gpu", get_gpu, gpu_name)
+    _, hw = hardware(model.name, gpu.name, tp, pp, batch, profile=profile)
     check_hardware(model, hw, context)
     b = ar_breakdown(model, hw, context)
     dominant = max(PARTS, key=lambda p: b[p])
-    return {"model": model.name, "gpu": hw.gpu.name, "tp": tp, "pp": pp, "batch": batch, "context": context,
-            "seconds_per_token": b["seconds"], "tokens_per_s": batch / b["seconds"],
-            "parts": {p: b[p] for p in PARTS}, "memory_s": b["memory"], "compute_s": b["compute"],
-            "bound": b["bound"], "dominant": dominant}
+    out = {"model": model.name, "gpu": hw.gpu.name, "tp": tp, "pp": pp, "batch": batch, "context": context,
+           "seconds_per_token": b["seconds"], "tokens_per_s": batch / b["seconds"],
+           "parts": {p: b[p] for p in PARTS}, "memory_s": b["memory"], "compute_s": b["compute"],
+           "bound": b["bound"], "dominant": dominant}
+    if profile is not None:
+        notes = profile.extrapolated([batch], context, [batch], [batch] if pp > 1 else [])
+        out.update(profile=profile.path, profile_extrapolated=bool(notes), profile_notes=notes)
+        out["bound"] = "measured"
+    return out
 
 
 def _cmd_cost(args) -> int:
-    r = cost_report(args.model, args.gpu, args.tp, args.pp, args.batch, args.context)
+    r = cost_report(args.model, args.gpu, args.tp, args.pp, args.batch, args.context, args.profile)
+    for note in r.pop("profile_notes", ()):
+        print(f"note: --profile {r['profile']}: extrapolated: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
@@ -62,8 +79,11 @@ def _cmd_cost(args) -> int:
     print(f"  AR step      {r['seconds_per_token'] * 1e3:9.3f} ms   ({r['tokens_per_s']:.1f} tokens/s)")
     for p, s in r["parts"].items():
         print(f"  {p:<12} {s * 1e3:9.3f} ms")
-    print(f"  roofline: memory {r['memory_s'] * 1e3:.3f} ms vs compute {r['compute_s'] * 1e3:.3f} ms "
-          f"-> {r['bound']}-bound; largest part: {r['dominant']}")
+    if "profile" in r:
+        print(f"  measured: {r['profile']}; largest part: {r['dominant']}")
+    else:
+        print(f"  roofline: memory {r['memory_s'] * 1e3:.3f} ms vs compute {r['compute_s'] * 1e3:.3f} ms "
+              f"-> {r['bound']}-bound; largest part: {r['dominant']}")
     return 0
 
 
@@ -102,7 +122,7 @@ def _cmd_calibrate(args) -> int:
     if args.out is not None:
         check_writable("--out", args.out)
     profile = calib.measure(args.seconds)
-    path = calib.write_profile(profile, args.out)
+    path = calib.write_profile(calib.rates_profile(profile), args.out)
     print(f"cpu-local: {profile['memory_bandwidth'] / 1e9:.1f} GB/s, {profile['peak_flops'] / 1e9:.1f} GFLOP/s "
           f"fp32, {profile['kernel_overhead_s'] * 1e6:.2f} us per op -> {path}")
     return 0
@@ -111,7 +131,9 @@ def _cmd_calibrate(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("cost", help="roofline cost of plain AR decoding on a GPU configuration")
     p.add_argument("--model", required=True)
-    p.add_argument("--gpu", required=True)
+    p.add_argument("--gpu", default=None, help="catalog GPU (default with --profile: the one it was measured as)")
+    p.add_argument("--profile", default=None, help="price from this measured profile (`python -m dexref profile`) "
+                                                   "instead of the roofline")
     p.add_argument("--tp", type=_positive_int, default=1, help="tensor-parallel GPUs per stage")
     p.add_argument("--pp", type=_positive_int, default=1, help="pipeline stages")
     p.add_argument("--batch", type=_positive_int, default=1, help="sequences decoded together")

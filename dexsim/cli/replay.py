@@ -5,6 +5,7 @@ depths are mapped onto that model by relative depth."""
 from __future__ import annotations
 
 import json
+import sys
 
 from dexsim import depths as depth_sets
 from dexsim import config
@@ -38,6 +39,8 @@ def cmd_replay(args) -> int:
         config.check_writable("--events", events)
     timed = replay_des if sched.scheduler == "des" else replay_lockstep
     out = timed(trace, cfg, policies, priced_on, sched, rescaled, seed=args.seed, events=events)
+    for note in out.pop("profile_notes", ()):
+        print(f"note: --profile {out['profile']}: extrapolated: {note}", file=sys.stderr)
     if args.json:
         print(json.dumps(out))
     else:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dexsim.specs.catalog import GPUSpec, ModelSpec, memory_fit
+from dexsim.specs.profile import Profile
 from dexsim.errors import UserError
 
 # The parts a priced run is split into; `seconds` is always their sum.
@@ -33,6 +34,17 @@ class Hardware:
     tp: int = 1
     pp: int = 1
     batch: int = 1
+    profile: Profile | None = None  # measured tables of this device and model shape: priced instead of the roofline
+
+    @property
+    def round_s(self) -> float:
+        """The host's control cost of one lattice-core round."""
+        return self.gpu.round_overhead_s if self.profile is None else self.profile.host_round_s
+
+    @property
+    def exit_s(self) -> float:
+        """The host's control cost of one exit read (the answer read back, the decision on it)."""
+        return self.gpu.exit_overhead_s if self.profile is None else self.profile.host_exit_s
 
 
 # --- what a model moves and computes ---------------------------------------------------------------
@@ -84,6 +96,8 @@ def _ring_allgather(hw: Hardware, nbytes):
 
 def transfer_time(model: ModelSpec, hw: Hardware, rows) -> float:
     """Pipeline point-to-point of `rows` hidden states across one stage boundary."""
+    if hw.profile is not None and hw.profile.transfer_s is not None:
+        return hw.profile.transfer(rows)
     ic = hw.gpu.interconnect
     if ic.bandwidth <= 0:
         return math.inf  # no link: check_hardware refuses pp > 1 on such a device
@@ -99,10 +113,20 @@ def _roofline(hw: Hardware, nbytes, flops) -> tuple[np.ndarray, np.ndarray]:
     return memory_s, compute_s
 
 
+def _measured(seconds, rows) -> dict:
+    """A measured step as parts: all of it in `memory` (no roofline side, overhead or collective apart)."""
+    zero = np.zeros_like(rows)
+    return {"memory": np.where(rows > 0, seconds, 0.0), "compute": zero, "overhead": zero, "collectives": zero}
+
+
 def layer_parts(model: ModelSpec, hw: Hardware, rows, ctx_tokens) -> dict:
     """One layer step's memory time, compute time, fixed overhead and TP collectives (arrays broadcast)."""
     rows = np.asarray(rows, dtype=float)
     ctx = np.asarray(ctx_tokens, dtype=float)
+    if hw.profile is not None:
+        rows, ctx = np.broadcast_arrays(rows, ctx)
+        per_row = np.divide(ctx, rows, out=np.zeros_like(ctx), where=rows > 0)
+        return _measured(hw.profile.layer(np.maximum(rows, 1), per_row), rows)
     tp, bpw, kvb = hw.tp, model.bytes_per_weight, kv_bytes_per_token(model)
     replicated, split = _activation_elems(model)
     nbytes = (layer_params(model) * bpw / tp
@@ -125,6 +149,8 @@ def head_parts(model: ModelSpec, hw: Hardware, rows) -> dict:
     its output is the whole hidden state). Rows at the same depth share one adapter and depth-L rows
     use none, so this is an upper bound; on SmolLM2 a rank-64 adapter is 0.26% of the head's weights."""
     rows = np.asarray(rows, dtype=float)
+    if hw.profile is not None:
+        return _measured(hw.profile.head(np.maximum(rows, 1)), rows)
     tp, bpw = hw.tp, model.bytes_per_weight
     io_per_row = 3 * model.hidden * bpw + 2 * model.vocab / tp * LOGIT_BYTES
     adapter = model.head_adapter_params
@@ -169,7 +195,8 @@ def ar_breakdown(model: ModelSpec, hw: Hardware, context: float) -> dict:
     parts = {
         "layers": L * float(np.maximum(lp["memory"], lp["compute"])),
         "heads": float(np.maximum(hp["memory"], hp["compute"])),
-        "overhead": L * float(lp["overhead"]) + float(hp["overhead"]),
+        # AR: L rounds and one exit read per token
+        "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,
         "collectives": L * float(lp["collectives"]) + float(hp["collectives"]),
         "transfers": (hw.pp - 1) * transfer_time(model, hw, rows) if hw.pp > 1 else 0.0,
     }
@@ -202,8 +229,9 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     load_rows[r]: layer weight loads shared by r rows. head_rows[r]: rounds that evaluated r exit heads
     (one head weight load each). Entries at index 0 cost nothing. ctx_per_row: mean KV positions a row
     reads. stage_crossings: pipeline
-    point-to-point transfers, each carrying one `hw.batch`-row group. rounds is reported, not charged:
-    a round's cost is the loads and heads it did.
+    point-to-point transfers, each carrying one `hw.batch`-row group. rounds: each pays the host's
+    control (`hw.round_s`; a batch shares its rounds) and each exit read its own (`hw.exit_s`),
+    besides the loads and heads it did.
     """
     loads = _histogram("load_rows", load_rows)
     heads = _histogram("head_rows", head_rows)
@@ -216,7 +244,8 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     parts = {
         "layers": float(loads @ np.maximum(lp["memory"], lp["compute"])),
         "heads": float(heads @ np.maximum(hp["memory"], hp["compute"])),
-        "overhead": float(loads @ lp["overhead"] + heads @ hp["overhead"]),
+        "overhead": (float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s
+                     + float(heads @ h) * hw.exit_s),
         "collectives": float(loads @ lp["collectives"] + heads @ hp["collectives"]),
         "transfers": stage_crossings * transfer_time(model, hw, hw.batch) if stage_crossings else 0.0,
     }

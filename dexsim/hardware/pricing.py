@@ -20,7 +20,8 @@ this module adds the two things a configuration changes about *what* is priced:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from dexsim.errors import UserError
 from dexsim.hardware import cost
 from dexsim.replay.executor import replay
 from dexsim.specs.catalog import ModelSpec, get_gpu, model_spec, with_heads
+from dexsim.specs.profile import Profile, check_shape, load_profile
 
 
 @dataclass(frozen=True)
@@ -75,21 +77,34 @@ class HardwareConfig:
     pp: int | None = option(None, "with --gpu: pipeline stages (default 1)", kind=int)
     batch: int | None = option(None, "with --gpu: sequences decoded together in lockstep (default 1); under "
                                      "--scheduler des, the most requests in flight", kind=int)
+    profile: str | None = option(None, "price from this measured profile (`python -m dexref profile`) instead of "
+                                       "the roofline: its layer, exit-head, per-round host and transfer times; "
+                                       "--gpu defaults to the catalog entry it was measured as")
 
     def resolve(self, trace_model: str, heads: str, where: str, layers: int | None = None,
                 arch: dict | None = None) -> tuple[ModelSpec, cost.Hardware] | None:
         """(model, Hardware) to price on, or None without --gpu; `trace_model`, `heads`, `where` (what
         names the trace's model), `layers` (its depth) and `arch` (its meta.arch: the model when the
         catalog lacks it) come from the trace."""
-        if self.gpu is None:
+        profile = None if self.profile is None else load_profile(self.profile)
+        gpu = self.gpu if self.gpu is not None or profile is None else profile_gpu(profile)
+        if gpu is None:
             given = [f for f in ("tp", "pp", "batch") if getattr(self, f) is not None]
             if given:
                 raise UserError(f"--{given[0]}: needs --gpu")
             return None
         flag = "--model" if self.model else f"{where}: meta.model"
         tp, pp, batch = (1 if v is None else v for v in (self.tp, self.pp, self.batch))
-        return hardware(self.model or trace_model, self.gpu, tp, pp, batch, model_flag=flag, heads=heads, where=where,
-                        layers=layers, arch=None if self.model else arch)
+        return hardware(self.model or trace_model, gpu, tp, pp, batch, model_flag=flag, heads=heads, where=where,
+                        layers=layers, arch=None if self.model else arch, profile=profile)
+
+
+def profile_gpu(profile: Profile) -> str:
+    """The catalog GPU a profile prices as when --gpu is not given."""
+    if profile.catalog_gpu is None:
+        raise UserError(f"--profile {profile.path}: measured on {profile.device}, which names no catalog GPU "
+                        f"(field catalog_gpu): name the one it is with --gpu")
+    return profile.catalog_gpu
 
 
 def catalog_model(model_name: str, model_flag: str = "--model", where: str | None = None,
@@ -109,10 +124,12 @@ def catalog_model(model_name: str, model_flag: str = "--model", where: str | Non
 
 def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: int = 1,
              model_flag: str = "--model", heads: str = "lens", where: str | None = None,
-             layers: int | None = None, arch: dict | None = None) -> tuple[ModelSpec, cost.Hardware]:
+             layers: int | None = None, arch: dict | None = None,
+             profile: Profile | None = None) -> tuple[ModelSpec, cost.Hardware]:
     """Catalog model (priced with the trace's exit `heads`, its meta field) and checked hardware; an
     unknown name (and no `arch`), a model of other depth than the trace's `layers` or a configuration
-    that cannot run is a UserError naming the flag (or the field of the trace `where`)."""
+    that cannot run is a UserError naming the flag (or the field of the trace `where`). A `profile`
+    must be of the model's shape and of one device (tp 1)."""
     model = catalog_model(model_name, model_flag, where, layers, arch)
     try:
         model = with_heads(model, heads)
@@ -122,7 +139,13 @@ def hardware(model_name: str, gpu_name: str, tp: int = 1, pp: int = 1, batch: in
         gpu = get_gpu(gpu_name)
     except UserError as e:
         raise UserError(f"--gpu: {e}") from None
-    hw = cost.Hardware(gpu, tp=tp, pp=pp, batch=batch)
+    if profile is not None:
+        check_shape(profile, model)
+        if tp != 1:
+            raise UserError(f"--tp {tp}: the profile {profile.path} times one device; tensor parallelism is "
+                            f"priced by the roofline only")
+        gpu = replace(gpu, name=f"{gpu.name}@{Path(profile.path).name}")  # results say what priced them
+    hw = cost.Hardware(gpu, tp=tp, pp=pp, batch=batch, profile=profile)
     cost.check_hardware(model, hw)
     return model, hw
 
@@ -174,11 +197,27 @@ def price(tally: Tally, model: ModelSpec, hw: cost.Hardware) -> dict:
     seconds = sum(parts.values())
     tokens = tally.tokens * hw.batch
     return {"sim_seconds": seconds, "tokens_per_s": tokens / seconds if seconds > 0 else float("inf"),
-            "parts": parts, "stage_transfers": messages}
+            "parts": parts, "stage_transfers": messages, "extrapolated": extrapolated(tally, model, hw)}
+
+
+def extrapolated(tally: Tally, model: ModelSpec, hw: cost.Hardware) -> list[str]:
+    """What of this replay a profile prices outside its measured grid (empty without a profile)."""
+    if hw.profile is None:
+        return []
+    rows = lambda hist: np.flatnonzero(np.asarray(hist)) * hw.batch  # noqa: E731
+    ctx = tally.context_sum / tally.node_layers if tally.node_layers else None
+    moved = hw.pp > 1 and tally.layer_rows[stage_first_layers(model.layers, hw.pp)].any()
+    return hw.profile.extrapolated(rows(tally.load_rows), ctx, rows(tally.head_rows),
+                                   [hw.batch] if moved and hw.profile.transfer_s is not None else [])
 
 
 def priced_fields(tally: Tally, ar_tally: Tally, model: ModelSpec, hw: cost.Hardware) -> dict:
-    """The three result fields of a priced replay; speedup against `ar` on the same trace and hardware."""
+    """The result fields of a priced replay; speedup against `ar` on the same trace and hardware. With a
+    profile, also where it came from and whether it was extrapolated (`profile_notes` says what)."""
     p, ar = price(tally, model, hw), price(ar_tally, model, hw)
-    return {"sim_seconds": p["sim_seconds"], "tokens_per_s": p["tokens_per_s"],
-            "speedup_vs_ar": p["tokens_per_s"] / ar["tokens_per_s"]}
+    out = {"sim_seconds": p["sim_seconds"], "tokens_per_s": p["tokens_per_s"],
+           "speedup_vs_ar": p["tokens_per_s"] / ar["tokens_per_s"]}
+    if hw.profile is not None:
+        notes = p["extrapolated"] + [n for n in ar["extrapolated"] if n not in p["extrapolated"]]
+        out.update(profile=hw.profile.path, profile_extrapolated=bool(notes), profile_notes=notes)
+    return out

@@ -73,6 +73,7 @@ class ReplayExecutor:
             exit_tokens=et, exit_conf=trace.exit_conf.astype(np.float32),
             cum_log_stay=np.concatenate([[0.0], np.cumsum(log_stay)]), vocab=int(trace.vocab),
             seed=np.uint64(seed))
+        self.fields = f  # what `rx` holds, as arrays (an executor of some of the sequences re-slices them)
         self.rx = ReplayData(*(f[k] for k in _REPLAY_FIELDS))
 
     def run_compiled(self, lat, policy) -> None:

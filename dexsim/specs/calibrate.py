@@ -1,9 +1,11 @@
 """Measure this machine for the `cpu-local` device: a short numpy microbenchmark (a few seconds).
 
 Achieved memory bandwidth (large array copy and sum), fp32 matmul FLOP/s (numpy has no bf16 path) and
-the dispatch time of one tiny op (the fixed cost of each op in an eager layer). The result is a
-`cpu-local` GPU entry with efficiencies of 1 (the rates are achieved, not peak), written as JSON where
-`catalog.gpus()` overlays it on the bundled entry.
+the dispatch time of one tiny op (the fixed cost of each op in an eager layer), with efficiencies of 1
+(the rates are achieved, not peak). The result is a measured profile (`dex-profile/1`,
+dexsim/specs/profile.py) holding these `rates` only; `python -m dexref profile` writes the same
+format with the rates and its measured tables. `catalog.gpus()` overlays the profile in the user
+cache (either kind) on the bundled `cpu-local` entry.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import numpy as np
 from dexsim.config import physical_memory
 from dexsim.errors import UserError
 from dexsim.specs.catalog import cpu_profile_path
+from dexsim.specs.profile import FORMAT
 
 # Large enough to defeat every cache level of a server CPU, small enough to allocate quickly.
 _STREAM_BYTES = 256 * 2**20
@@ -81,6 +84,15 @@ def measure(seconds: float = 3.0) -> dict:
                    f"bandwidth = best of copy/sum over {_STREAM_BYTES >> 20} MiB, flops = fp32 "
                    f"{_MATMUL_N}x{_MATMUL_N} matmul, kernel overhead = one 1x{_TINY_N} matmul"),
     }
+
+
+def rates_profile(rates: dict) -> dict:
+    """The measured rates as a profile of this machine (no tables)."""
+    return {"format": FORMAT, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m dexsim calibrate", "catalog_gpu": "cpu-local",
+            "device": {"kind": "cpu", "name": platform.processor() or platform.machine(), "driver": None},
+            "rates": {k: rates[k] for k in ("peak_flops", "memory_bandwidth", "kernel_overhead_s", "memory_bytes")},
+            "rates_source": rates["source"]}
 
 
 def write_profile(profile: dict, path: Path | None = None) -> Path:

@@ -147,6 +147,8 @@ class GPUSpec:
     interconnect: Interconnect
     calibration: str             # name of the calibration class in gpus.json
     source: str
+    round_overhead_s: float = 0.0  # the host's control of one lattice-core round (its class says where from)
+    exit_overhead_s: float = 0.0  # ... and of one exit read
 
     @property
     def layer_overhead_s(self) -> float:
@@ -166,7 +168,8 @@ def cpu_profile_path() -> Path:
 # A GPU entry's numbers: (smallest allowed, whether 0 itself is allowed); every one finite.
 _GPU_NUMBERS = {"peak_flops": False, "memory_bandwidth": False, "memory_bytes": False,
                 "bandwidth_efficiency": False, "compute_efficiency": False, "kernels_per_layer": True,
-                "kernel_overhead_s": True, "collective_overhead_s": True}
+                "kernel_overhead_s": True, "collective_overhead_s": True, "round_overhead_s": True,
+                "exit_overhead_s": True}
 _LINK_NUMBERS = {"bandwidth": True, "latency_s": True}
 
 
@@ -193,6 +196,10 @@ def _entry_problem(entry: dict) -> str | None:
 
 
 def _read_cpu_overlay(path: Path) -> dict:
+    """The cpu-local fields of the measured profile at `path` (`calibrate`'s or `dexref profile`'s; a
+    flat entry of gpus.json fields, as older versions wrote, is read as it is)."""
+    from dexsim.specs.profile import FORMAT, rates_entry
+
     if not path.is_file():
         return {}
     try:
@@ -201,6 +208,11 @@ def _read_cpu_overlay(path: Path) -> dict:
         raise UserError(f"{path}: unreadable cpu-local profile ({e}); rerun `python -m dexsim calibrate`")
     if not isinstance(entry, dict):
         raise UserError(f"{path}: cpu-local profile must be a JSON object")
+    if entry.get("format") == FORMAT:
+        try:
+            entry = rates_entry(entry)
+        except UserError as e:
+            raise UserError(f"{path}: cpu-local profile: {e}; rerun `python -m dexsim calibrate`") from None
     problem = _entry_problem(entry)
     if problem:
         raise UserError(f"{path}: cpu-local profile: {problem}; rerun `python -m dexsim calibrate`")
@@ -217,7 +229,7 @@ def _gpu_from_entry(name: str, entry: dict, classes: dict) -> GPUSpec:
     fields = {f for f in GPUSpec.__dataclass_fields__ if f not in ("name", "interconnect")}
     try:
         return GPUSpec(name=name, interconnect=Interconnect(**merged["interconnect"]),
-                       **{k: merged[k] for k in fields})
+                       **{k: merged[k] for k in fields if k in merged})
     except (KeyError, TypeError) as e:
         raise UserError(f"gpus.json: GPU {name!r}: bad or missing field ({e})")
 

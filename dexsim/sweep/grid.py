@@ -28,6 +28,7 @@ from dexsim.errors import UserError
 from dexsim.hardware import pricing
 from dexsim.replay.executor import unrecorded
 from dexsim.specs.catalog import get_gpu
+from dexsim.specs.profile import load_profile
 from dexsim.traces.format import Trace, load_trace
 from dexsim.traces.transforms import first_seqs, first_tokens, for_model
 
@@ -53,6 +54,9 @@ class SweepConfig:
                                   "depths mapped by relative depth)")
     policies: str = option(",".join(registry.names()), "policies, comma-separated")
     gpus: str = option("a100-sxm4-80gb,h100-sxm5-80gb,l4-24gb", "catalog GPUs")
+    profile: str | None = option(None, "price from this measured profile (`python -m dexref profile`) instead of "
+                                       "the roofline, on every GPU of --gpus (name the one it was measured on); "
+                                       "traces of another model shape are skipped with a note")
     tp: str = option("1", "tensor-parallel degrees")
     pp: str = option("1,4", "pipeline stage counts")
     batch: str = option("1", "batch sizes, sequences in lockstep; under des, the most requests in flight")
@@ -182,7 +186,7 @@ def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int
 
 
 def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool,
-              layers: int, arch: dict) -> list:
+              layers: int, arch: dict, profile=None) -> list:
     """The hardware configurations the model can run on. A trace's own model outside the catalog (a
     dexref recording of another model) is priced from its meta.arch; a catalog model of another depth
     than the trace cannot be priced: one note, naming the field."""
@@ -198,7 +202,7 @@ def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str
     for gpu, tp, pp, batch in hw_grid:
         try:
             out.append(pricing.hardware(model_name, gpu, tp, pp, batch, model_flag=flag, heads=heads, where=path,
-                                        arch=arch))
+                                        arch=arch, profile=profile))
         except UserError as e:
             notes.append(f"skipped {model_name} on {gpu} tp={tp} pp={pp} batch={batch}: {e}")
     return out
@@ -285,6 +289,7 @@ def build_grid(cfg: SweepConfig) -> Grid:
     policies = [registry.get(p, "--policies") for p in csv_list("--policies", cfg.policies)]
     axes = parse_axes(cfg.axes)
     hw_grid = _hardware_axes(cfg)
+    profile = None if cfg.profile is None else load_profile(cfg.profile)
     schedules = _schedule_axes(cfg)
     lockstep = any(s == "lockstep" for s, _ in schedules)
     # the DES needs the work recorded at its stage boundaries
@@ -297,7 +302,7 @@ def build_grid(cfg: SweepConfig) -> Grid:
             trace, rescaled = prepared(path, max_tokens, model, max_seqs)
             name = trace.meta.get("model")
             hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], path, model is None, trace.L,
-                                 trace.meta["arch"])
+                                 trace.meta["arch"], profile)
             if not hardware:
                 continue
             base = Job(path, max_tokens, model, cfg.seed, "ar", des_pps=des_pps, max_seqs=max_seqs)

@@ -168,7 +168,7 @@ def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None) -
             row["oracle_policy"] = res["policy"]
             row.update({k: res.get(k) for k in registry.get(res["policy"]).params if k != "exits"})
         if load is None:
-            row.update(pricing.priced_fields(tally, ar_tally, model, hw))
+            row.update((k, v) for k, v in pricing.priced_fields(tally, ar_tally, model, hw).items() if k in row)
         else:
             ar = _simulated(cache, spec.ar, done[spec.ar][2], model, hw, load)
             row.update(des.request_counters(log, load), **sims[best].fields())
