@@ -129,7 +129,8 @@ _STATE_FIELDS = (
     "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth", "spawn_conf", "guessed",
     "tag", "output",
     "tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks",
-    "commit_rounds", "reused_depth", "load_rows", "head_rows", "context", "load_diff", "rows_diff", "ev_int", "ev_conf", "n_events", "hooks", "n_hooks",
+    "commit_rounds", "reused_depth", "load_rows", "head_rows", "context", "load_diff", "rows_diff",
+    "ev_int", "ev_conf", "n_events", "hooks", "n_hooks",
     "work", "steps", "cut_after", "last_step", "src_step", "src_depth", "last_commit",
     "wk_group", "n_wk_group", "wk_dep", "n_wk_dep", "wk_commit", "n_wk_commit", "wk_scratch",
 )
