@@ -19,6 +19,7 @@ from dexsim.config import from_args
 from dexsim.core import registry
 from dexsim.errors import UserError
 
+from .assets.tokenizer import TEMPLATES
 from .load import DTYPES, ModelConfig, exit_set, load_model, load_shape
 
 TRAIN_DEPTHS = "every:3"  # train-exits defaults: dexref/README.md has the measurements behind them
@@ -140,6 +141,7 @@ def cmd_record(args) -> int:
     heads = resolve(args.heads, model)
     depths = exit_set(args.depths, model.args.n_layer, heads, "--depths")
     rows = load_prompts(args.dataset, args.limit)
+    held_out = None if heads is None else heads_provenance(heads, [r["id"] for r in rows])  # before hours of work
     prompts = [tok.apply(r["text"], args.template) for r in rows]
     from .engine import check_prompts
 
@@ -155,8 +157,8 @@ def cmd_record(args) -> int:
               "prompt_ids": [r["id"] for r in rows], "limit": args.limit, "max_new_tokens": args.max_new_tokens,
               "depths": args.depths, "dtype": args.dtype, "mode": "fast" if args.fast else "batch_invariant",
               "eos": eos, "wall_s": round(time.perf_counter() - t0, 1)}
-    if heads is not None:
-        params["heads"] = heads_provenance(heads, params["prompt_ids"])
+    if held_out is not None:
+        params["heads"] = held_out
     if args.model in MODELS:  # arch from the model catalog, as the cost model knows it
         catalog, arch = get_model(MODELS[args.model].catalog).name, None
     else:  # a model outside the catalog (a checkpoint, random weights): its own arch, which dexsim prices
@@ -174,25 +176,36 @@ def cmd_record(args) -> int:
 
 def heads_provenance(heads, prompt_ids: list[str]) -> dict:
     """What a trace recorded with trained heads says about them: the manifest, its training data, and
-    whether the recorded prompts are held out from it (a warning on stderr when they are not)."""
+    that the recorded prompts are held out from it (an overlap is a UserError: a trace that measures
+    heads on their own training prompts overstates them)."""
     m = heads.manifest
     trained_on = {i for part in m["training"]["data"] for i in part["ids"]}
     seen = sorted(trained_on & set(prompt_ids))
     if seen:
-        print(f"warning: {len(seen)} recorded prompts (first {seen[0]}) are in the training data of {m['name']}",
-              file=sys.stderr)
+        raise UserError(f"--heads {m['name']}: {len(seen)} recorded prompts (first {seen[0]}) are in the adapters' "
+                        "training data (manifest training.data ids); record held-out prompts")
     return {"manifest": m["name"], "sha256": m["sha256"], "rank": m["rank"], "depths": m["depths"],
-            "trained_on": [f"{p['dataset']}[{p['slice']}]" for p in m["training"]["data"]],
-            "held_out": not seen}
+            "trained_on": [_part_label(p) for p in m["training"]["data"]], "held_out": True}
 
 
-def parse_data(spec: str, flag: str = "--data") -> list[tuple[str, int | None, int | None]]:
-    """`set[start:stop],...` (Python slices of a prompt set in its own order; `set` alone = all of it)."""
+def _part_label(part: dict) -> str:
+    """`set[start:stop]`, plus `@template` where the part names its own."""
+    label = f"{part['dataset']}[{part['slice']}]"
+    return label + (f"@{part['template']}" if "template" in part else "")
+
+
+def parse_data(spec: str, flag: str = "--data") -> list[tuple[str, int | None, int | None, str | None]]:
+    """`set[start:stop][@template],...` (Python slices of a prompt set in its own order; `set` alone = all
+    of it; `@raw` or `@chat` overrides --template for that part, so one run can mix raw code prompts
+    with chat-templated conversations)."""
     from .assets.sources import DATASETS
 
     out = []
     for part in filter(None, (x.strip() for x in spec.split(","))):
-        name, _, rest = part.partition("[")
+        part_only, at, template = part.partition("@")
+        if at and template not in TEMPLATES:
+            raise UserError(f"{flag} {part!r}: unknown template {template!r} (known: {', '.join(TEMPLATES)})")
+        name, _, rest = part_only.partition("[")
         start = stop = None
         if rest:
             lo, colon, hi = rest.removesuffix("]").partition(":")
@@ -201,29 +214,29 @@ def parse_data(spec: str, flag: str = "--data") -> list[tuple[str, int | None, i
                     raise ValueError
                 start, stop = (int(lo) if lo else None), (int(hi) if hi else None)
             except ValueError:
-                raise UserError(f"{flag} {part!r}: expected SET or SET[START:STOP]") from None
+                raise UserError(f"{flag} {part!r}: expected SET, SET[START:STOP] or either with @TEMPLATE") from None
             if (start is not None and start < 0) or (stop is not None and stop < 0):
                 raise UserError(f"{flag} {part!r}: START and STOP must be >= 0")
         if name not in DATASETS:
             raise UserError(f"{flag} {part!r}: unknown prompt set {name!r} (known: {', '.join(sorted(DATASETS))})")
-        out.append((name, start, stop))
+        out.append((name, start, stop, template or None))
     if not out:
         raise UserError(f"{flag}: empty")
     return out
 
 
 def data_prompts(spec: str, tok, template: str, flag: str) -> tuple[list[list[int]], list[dict]]:
-    """(token ids, [{dataset, slice, ids}]) of a --data spec."""
+    """(token ids, [{dataset, slice, ids[, template]}]) of a --data spec; `template` is the default."""
     from .assets.prompts import load_prompts
 
     prompts, parts = [], []
-    for name, start, stop in parse_data(spec, flag):
+    for name, start, stop, own in parse_data(spec, flag):
         rows = load_prompts(name, stop)[start:stop]
         if not rows:
             raise UserError(f"{flag}: {name}[{start or ''}:{stop or ''}] selects no prompts")
-        prompts += [tok.apply(r["text"], template) for r in rows]
+        prompts += [tok.apply(r["text"], own or template) for r in rows]
         parts.append({"dataset": name, "slice": f"{start or ''}:{'' if stop is None else stop}",
-                      "ids": [r["id"] for r in rows]})
+                      "ids": [r["id"] for r in rows], **({"template": own} if own else {})})
     return prompts, parts
 
 
@@ -285,8 +298,10 @@ def cmd_train_exits(args) -> int:
         adapters = exits.load(args.out, model)
         with torch.inference_mode():
             states, _ = exits.collect(model, held[0], max_new_tokens=args.max_new_tokens, eos=eos)
-        out["held_out"] = {"data": [f"{p['dataset']}[{p['slice']}]" for p in held[1]],
+        out["held_out"] = {"data": [_part_label(p) for p in held[1]],
                            "lens": exits.evaluate(model, states, None),
+                           "lens_at_trained": exits.evaluate(model, states, None,
+                                                             depths=exits.exit_depths(adapters, model.args.n_layer)),
                            "trained": exits.evaluate(model, states, adapters)}
         Path(args.out).with_suffix(".eval.json").write_text(json.dumps(out["held_out"], indent=1) + "\n")
     print(json.dumps(out))

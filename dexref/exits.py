@@ -261,11 +261,13 @@ def train(model: Transformer, states: Tensor, depths, *, rank: int, steps: int, 
 
 
 @torch.no_grad()
-def evaluate(model: Transformer, states: Tensor, adapters: Adapters | None, chunk: int = 512) -> dict:
-    """Match rate of the exit token with the final one at every exit depth, mean EAD and stable EAD
-    over those depths, on states [N, L+1, D] (float32 head, as in training)."""
+def evaluate(model: Transformer, states: Tensor, adapters: Adapters | None, chunk: int = 512,
+             depths=None) -> dict:
+    """Match rate of the exit token with the final one at every exit depth (or at `depths`, which
+    must end with L), mean EAD and stable EAD over those depths, on states [N, L+1, D] (float32 head,
+    as in training)."""
     L = model.args.n_layer
-    depths = exit_depths(adapters, L)
+    depths = exit_depths(adapters, L) if depths is None else np.asarray(depths)
     head = _head32(model)
     ad = None if adapters is None else adapters.to(torch.float32)
     hits = []

@@ -62,9 +62,10 @@ def check_counters(events: np.ndarray, lat) -> None:
     """Every counter recounted from the event log alone. A core step of a sequence starts with its
     advances (m rounds each: a jump; all logged with the step's first round); its chosen nodes at one depth share one weight load per layer;
     a node-layer's context is its row's length (pos + 1); a round that reads k > 0 exit heads counts
-    once in head_rows[k]; a commit whose collapse spawns a fresh anchor is a fallback."""
+    once in head_rows[k]; a commit whose collapse spawns a fresh anchor is a fallback; a step that
+    commits is one verification (commit_rounds); a collapse logs the new anchor's depth (reused_depth)."""
     c, L = lat.counters, lat.L
-    rounds, loads, tokens, fallbacks = (np.zeros(lat.S, np.int64) for _ in range(4))
+    rounds, loads, tokens, fallbacks, verifications, reused = (np.zeros(lat.S, np.int64) for _ in range(6))
     load_rows, head_rows = np.zeros_like(c.load_rows), np.zeros_like(c.head_rows)
     load_at, rows_at = np.zeros(L + 1, np.int64), np.zeros(L + 1, np.int64)  # per layer 1..L
     context = 0
@@ -89,6 +90,8 @@ def check_counters(events: np.ndarray, lat) -> None:
             k = int((step["kind"] == EXIT).sum())
             if k:
                 head_rows[k] += 1
+            verifications[s] += (step["kind"] == COMMIT).any()
+            reused[s] += step["depth"][step["kind"] == COLLAPSE].sum()
             for i in np.flatnonzero(step["kind"] == COMMIT):
                 tokens[s] += 1
                 j = i + 1
@@ -101,5 +104,7 @@ def check_counters(events: np.ndarray, lat) -> None:
     assert (head_rows == c.head_rows).all(), f"head_rows: counted {c.head_rows}, the log says {head_rows}"
     assert context == c.context_sum, f"context: counted {c.context_sum}, the log says {context}"
     assert (tokens == c.tokens).all() and (fallbacks == c.fallbacks).all(), "tokens or fallbacks miscounted"
+    assert (verifications == c.commit_rounds).all(), f"commit_rounds: counted {c.commit_rounds}, the log says {verifications}"
+    assert (reused == c.reused_depth).all(), f"reused_depth: counted {c.reused_depth}, the log says {reused}"
     per_load, per_rows = c.per_layer()
     assert (per_load[1:] == load_at[1:]).all() and (per_rows[1:] == rows_at[1:]).all(), "per-layer counters"

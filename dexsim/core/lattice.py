@@ -47,6 +47,10 @@ EVENT_DTYPE = np.dtype([
     ("pos", "i8"), ("depth", "i2"), ("token", "i8"), ("n", "i8"), ("conf", "f4"),
 ])
 EVENTS_VERSION = 1
+# The per-sequence counters (`Counters.totals`) and the figures derived from them (`acceptance`).
+COUNTER_NAMES = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks",
+                 "commit_rounds", "reused_depth")
+ACCEPTANCE = ("accepted_per_verification", "branch_reuse_share", "anchor_head_start", "waste_per_token")
 # Executor hooks: (kind, seq, slot, node id), kind one of these.
 HOOK_SPAWNED, HOOK_COMMITTED, HOOK_DISCARDED = range(3)
 
@@ -100,7 +104,9 @@ class State(structref.StructRefProxy):
     expanded at least once: one-guess policies), tag (the executor's, moves with the node);
     output [S, max tokens]: committed tokens;
     counters [S]: tokens, rounds, node_layers, head_evals, weight_loads, wasted_node_layers,
-    fallbacks; load_rows [M+1] (weight loads shared by r node-layers), head_rows [M+1] (rounds that
+    fallbacks, commit_rounds (rounds that committed at least one token: the verifications of a draft
+    policy), reused_depth (over commits, the depth the new anchor already had at its collapse; 0 on a
+    fallback); load_rows [M+1] (weight loads shared by r node-layers), head_rows [M+1] (rounds that
     read r exit heads), context [1] (sum over node-layers of the row's context length), load_diff and
     rows_diff [L+2] (weight loads and node-layers per layer, as difference arrays over layers);
     the event log: ev_int [capacity, 9] (EVENT_DTYPE's fields but conf), ev_conf [capacity], its first
@@ -123,7 +129,8 @@ _STATE_FIELDS = (
     "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth", "spawn_conf", "guessed",
     "tag", "output",
     "tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks",
-    "load_rows", "head_rows", "context", "load_diff", "rows_diff", "ev_int", "ev_conf", "n_events", "hooks", "n_hooks",
+    "commit_rounds", "reused_depth", "load_rows", "head_rows", "context", "load_diff", "rows_diff",
+    "ev_int", "ev_conf", "n_events", "hooks", "n_hooks",
     "work", "steps", "cut_after", "last_step", "src_step", "src_depth", "last_commit",
     "wk_group", "n_wk_group", "wk_dep", "n_wk_dep", "wk_commit", "n_wk_commit", "wk_scratch",
 )
@@ -162,6 +169,8 @@ class Counters:
     weight_loads: np.ndarray
     wasted_node_layers: np.ndarray
     fallbacks: np.ndarray
+    commit_rounds: np.ndarray
+    reused_depth: np.ndarray
     load_rows: np.ndarray
     head_rows: np.ndarray
     context: np.ndarray
@@ -178,8 +187,21 @@ class Counters:
         return np.cumsum(self.load_diff)[:-1], np.cumsum(self.rows_diff)[:-1]
 
     def totals(self) -> dict:
-        names = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
-        return {k: int(getattr(self, k).sum()) for k in names}
+        return {k: int(getattr(self, k).sum()) for k in COUNTER_NAMES}
+
+
+def acceptance(totals: dict) -> dict:
+    """The acceptance figures of speculative-decoding benchmarks, from counter totals (README, "Reading
+    the counters"): committed tokens per verification (a round that commits), the share of commits
+    whose new anchor was a branch (no fallback), the depth that anchor already had (0 on a fallback),
+    and wasted node-layers, each per committed token; None where nothing was committed."""
+    n = totals["tokens"]
+    if n == 0:
+        return dict.fromkeys(ACCEPTANCE)
+    return {"accepted_per_verification": n / totals["commit_rounds"],
+            "branch_reuse_share": (n - totals["fallbacks"]) / n,
+            "anchor_head_start": totals["reused_depth"] / n,
+            "waste_per_token": totals["wasted_node_layers"] / n}
 
 
 class Lattice:
@@ -208,7 +230,7 @@ class Lattice:
             spawn_conf=full(0, np.float32), guessed=full(False, bool), tag=full(0),
             output=np.full((S, int(max_tokens.max(initial=0))), NO_TOKEN, np.int64),
             tokens=zeros(), rounds=zeros(), node_layers=zeros(), head_evals=zeros(), weight_loads=zeros(),
-            wasted_node_layers=zeros(), fallbacks=zeros(),
+            wasted_node_layers=zeros(), fallbacks=zeros(), commit_rounds=zeros(), reused_depth=zeros(),
             load_rows=np.zeros(M + 1, np.int64), head_rows=np.zeros(M + 1, np.int64),
             context=np.zeros(1, np.int64), load_diff=np.zeros(L + 2, np.int64), rows_diff=np.zeros(L + 2, np.int64),
             ev_int=np.zeros((64 if record_events else 0, 9), np.int64),
@@ -230,7 +252,8 @@ class Lattice:
                      "spawn_conf", "guessed", "tag", "output"):
             setattr(self, name, f[name])  # the same arrays the compiled rules write
         self.counters = Counters(*(f[k] for k in ("tokens", "rounds", "node_layers", "head_evals", "weight_loads",
-                                                   "wasted_node_layers", "fallbacks", "load_rows", "head_rows",
+                                                   "wasted_node_layers", "fallbacks", "commit_rounds",
+                                                   "reused_depth", "load_rows", "head_rows",
                                                    "context", "load_diff", "rows_diff")))
         self.record_events = record_events
         self._executor = None  # whom the hooks go to, set by start()
@@ -608,6 +631,8 @@ def _make_room(st, s, js, served):
 def commit_seq(st, s):
     """While the anchor sits at depth L: commit its final token, collapse to the matching child (or
     fall back to a fresh node), stop the sequence at its token limit or EOS."""
+    if st.active[s] and st.depth[s, 0] == st.L:  # a round that commits (and verifies the nodes at L)
+        st.commit_rounds[s] += 1
     while st.active[s] and st.depth[s, 0] == st.L:
         y = st.exit_token[s, 0]
         _log(st, COMMIT, s, 0, y, st.depth[s, 0], 0, 0.0, st.node_id[s, 0], -1)
@@ -637,6 +662,7 @@ def commit_seq(st, s):
         _discard(st, s, gone)
         old_id, old_pos = st.node_id[s, 0], st.pos[s, 0]
         _compact(st, s, keep)
+        st.reused_depth[s] += st.depth[s, 0] if child > 0 else 0
         if child < 0:  # fallback: a fresh anchor for the committed token
             st.fallbacks[s] += 1
             _reset_root(st, s, y, old_pos + 1)

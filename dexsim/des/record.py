@@ -75,8 +75,7 @@ def cut_mask(L: int, pps) -> np.ndarray:
 def worklog(lat) -> WorkLog:
     """The WorkLog of a finished run on `lat` (made with `work_cuts`)."""
     g, d, c = lat.work_log()  # already by call, then sequence: the core takes the sequences side by side
-    counters = {k: np.array(getattr(lat.counters, k)) for k in
-                ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")}
+    counters = {k: np.array(getattr(lat.counters, k)) for k in core.COUNTER_NAMES}
     cols = _columns(g)
     return WorkLog(lat.L, lat.S, int(lat.steps.max(initial=0)), np.array(lat.cut_after), np.array(lat.is_exit),
                    cols[1], cols[0], cols[7].astype(bool), cols[2], cols[3], cols[4], cols[5].astype(np.float64),

@@ -296,8 +296,10 @@ def output_matches(trace: Trace, lat: core.Lattice) -> bool:
 
 
 def result(trace: Trace, lat: core.Lattice, policy) -> dict:
-    """One replay's figures: the counters, summed over sequences, and the losslessness check."""
-    out = {"trace": trace.path, "policy": policy.name, **policy_params(policy), **lat.counters.totals()}
+    """One replay's figures: the counters, summed over sequences, the acceptance figures derived from
+    them, and the losslessness check."""
+    totals = lat.counters.totals()
+    out = {"trace": trace.path, "policy": policy.name, **policy_params(policy), **totals, **core.acceptance(totals)}
     out["output_matches_trace"] = output_matches(trace, lat)
     return out
 

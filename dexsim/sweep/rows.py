@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from dexsim.core import registry
+from dexsim.core.lattice import ACCEPTANCE, COUNTER_NAMES, acceptance
 from dexsim.core.params import PARAMS
 from dexsim.des import simulate as des
 from dexsim.des.plan import compile_plan
@@ -15,7 +16,7 @@ from dexsim.hardware import pricing
 from dexsim.replay.executor import result
 from dexsim.sweep.grid import Job, RowSpec, prepared
 
-COUNTERS = ("tokens", "rounds", "node_layers", "weight_loads", "head_evals", "wasted_node_layers", "fallbacks")
+COUNTERS = COUNTER_NAMES
 
 
 def key_fields() -> tuple:
@@ -28,7 +29,7 @@ def key_fields() -> tuple:
 
 def columns() -> tuple:
     """The output columns, in order. Parameters a policy does not have are empty (null in JSON)."""
-    return ("key", *key_fields(), "depth_rescaled", "oracle_policy", *COUNTERS, "output_matches_trace",
+    return ("key", *key_fields(), "depth_rescaled", "oracle_policy", *COUNTERS, *ACCEPTANCE, "output_matches_trace",
             "sim_seconds", "tokens_per_s", "speedup_vs_ar", "p50_token_latency_s", "p99_token_latency_s",
             "utilization")
 
@@ -48,6 +49,7 @@ def column_types() -> dict:
     out.update({name: _KINDS[p.kind] + _NULL for name, p in PARAMS.items()})
     out.update({s.search_column: _STR + _NULL for s in registry.REGISTRY.values() if s.search_column})
     out.update({c: _INT for c in COUNTERS})
+    out.update({c: _NUM for c in ACCEPTANCE})  # every row commits at least one token
     return out
 
 
@@ -173,5 +175,6 @@ def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None) -
             ar = _simulated(cache, spec.ar, done[spec.ar][2], model, hw, load)
             row.update(des.request_counters(log, load), **sims[best].fields())
             row["speedup_vs_ar"] = sims[best].tokens_per_s / ar.tokens_per_s
+        row.update(acceptance(row))  # of the row's own counters (the DES counts each simulated request)
         rows.append(row)
     return rows

@@ -243,7 +243,8 @@ def test_recording_batches_fit_the_cache_budget_and_change_nothing():
         assert np.array_equal(one[k], split[k]), k
 
 
-KEYS = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks")
+KEYS = ("tokens", "rounds", "node_layers", "head_evals", "weight_loads", "wasted_node_layers", "fallbacks",
+        "commit_rounds", "reused_depth")
 
 
 @pytest.mark.parametrize("seed", [1, 3])
@@ -271,7 +272,8 @@ def test_replay_agrees_exactly_where_off_path_tokens_cannot_matter(tmp_path, see
 def test_replay_agrees_on_the_true_path_for_dex(tmp_path, seed):
     """dex expands off-path nodes with the tokens they predict, which a trace does not hold (a replay
     models them), so off-path work differs. When no explorer or buffer limit binds, the true path
-    does not depend on off-path nodes: tokens, rounds, fallbacks and every on-path event agree."""
+    does not depend on off-path nodes: tokens, rounds, fallbacks, verifications, the depth of each new
+    anchor and every on-path event agree."""
     model, a, prompts, eos, trace = _recorded(tmp_path, seed)
     L = a.n_layer
     for prio in ("eager", "deep", "confident"):
@@ -280,6 +282,7 @@ def test_replay_agrees_on_the_true_path_for_dex(tmp_path, seed):
         sim = replay(trace, policy, record_events=True)
         assert (max_live(engine.lattice) <= policy.buffer).all() and (max_live(sim) <= policy.buffer).all()
         e, r = engine.counters(), sim.counters.totals()
-        assert {k: e[k] for k in ("tokens", "rounds", "fallbacks")} == {k: r[k] for k in ("tokens", "rounds", "fallbacks")}
+        true_path = ("tokens", "rounds", "fallbacks", "commit_rounds", "reused_depth")
+        assert {k: e[k] for k in true_path} == {k: r[k] for k in true_path}
         assert on_path_events(engine.lattice, trace.prompt_len, engine.outputs) == \
             on_path_events(sim, trace.prompt_len, engine.outputs), prio

@@ -14,7 +14,7 @@ torch = pytest.importorskip("torch")
 from dexref.assets.sources import sha256_file  # noqa: E402
 from dexref import exits  # noqa: E402
 from dexref import record as rec  # noqa: E402
-from dexref.cli import main  # noqa: E402
+from dexref.cli import main, parse_data  # noqa: E402
 from dexref.engine import generate  # noqa: E402
 from dexref.model import from_state, random_state  # noqa: E402
 from dexref.testing import random_prompts, tiny_model, write_tiny_cache  # noqa: E402
@@ -150,7 +150,9 @@ def test_cli_train_generate_record(cache, capsys):
     assert out["depths"] == m["depths"] == [1, 3] and out["params"] == 2 * m["params_per_exit"]
     assert m["training"]["data"][0]["ids"] == [f"HumanEval/{i}" for i in range(2, 6)]
     assert m["sha256"] == sha256_file(cache / "tiny-exits.safetensors")
-    assert set(out["held_out"]) == {"data", "lens", "trained"}
+    assert set(out["held_out"]) == {"data", "lens", "lens_at_trained", "trained"}
+    assert out["held_out"]["lens_at_trained"]["depths"] == out["held_out"]["trained"]["depths"] == [1, 3, 4]
+    assert out["held_out"]["lens"]["depths"] == [1, 2, 3, 4]
     assert train_cli(capsys, cache / "again.json")["sha256"] == m["sha256"]  # deterministic for a seed
     base = ["generate", "--model", "tiny", "--prompt", "def f(x):", "--max-new-tokens", "10", "--json"]
     ar = ok(capsys, *base, "--policy", "ar")
@@ -167,6 +169,27 @@ def test_cli_train_generate_record(cache, capsys):
     ok(capsys, "record", "--model", "tiny", "--dataset", "humaneval", "--limit", "2", "--max-new-tokens", "6",
        "--out", str(cache / "lens.npz"))
     assert (load_trace(str(cache / "lens.npz")).final == t.final).all()
+
+
+def test_record_refuses_the_adapters_training_prompts(cache, capsys):
+    man = cache / "tiny-exits.json"
+    train_cli(capsys, man)  # trained on HumanEval/2..5
+    out = cache / "seen.npz"
+    err = fails(capsys, "record", "--model", "tiny", "--dataset", "humaneval", "--limit", "3", "--max-new-tokens", "2",
+                "--heads", f"trained:{man}", "--out", str(out))
+    assert "1 recorded prompts (first HumanEval/2)" in err and "training data" in err and "tiny-exits" in err
+    assert not out.exists()
+    ok(capsys, "record", "--model", "tiny", "--dataset", "humaneval", "--limit", "3", "--max-new-tokens", "2",
+       "--out", str(out))  # the lens was trained on nothing
+
+
+def test_data_spec_names_a_template_per_part():
+    assert parse_data("humaneval[1:3]@chat, mtbench,sharegpt[:4]@raw") == [
+        ("humaneval", 1, 3, "chat"), ("mtbench", None, None, None), ("sharegpt", None, 4, "raw")]
+    with pytest.raises(UserError, match="unknown template 'bogus'"):
+        parse_data("humaneval[1:3]@bogus")
+    with pytest.raises(UserError, match="expected SET"):
+        parse_data("humaneval[1]@chat")
 
 
 def test_cli_bad_adapters_are_one_line(cache, capsys):

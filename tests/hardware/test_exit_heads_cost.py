@@ -22,14 +22,15 @@ LENS_TRACE = ROOT / "traces" / "smollm2-135m-lens-humaneval-raw.npz"
 TRAINED_TRACE = ROOT / "traces" / "smollm2-135m-trained-humaneval-raw.npz"
 
 
-def test_catalog_entry_matches_the_committed_manifest():
-    entry = exit_heads()[NAME]
-    manifest = json.loads((ROOT / "traces" / "adapters" / f"{NAME}.json").read_text())
+@pytest.mark.parametrize("name", sorted(exit_heads()))
+def test_catalog_entry_matches_the_committed_manifest(name):
+    entry = exit_heads()[name]
+    manifest = json.loads((ROOT / "traces" / "adapters" / f"{name}.json").read_text())
     model = get_model(entry["model"])
     for key in ("model", "rank", "depths", "params_per_exit", "params"):
         assert entry[key] == manifest[key], key
     assert entry["params_per_exit"] == 2 * entry["rank"] * model.hidden == manifest["params"] // len(manifest["depths"])
-    assert with_heads(model, f"trained:{NAME}").head_adapter_params == entry["params_per_exit"]
+    assert with_heads(model, f"trained:{name}").head_adapter_params == entry["params_per_exit"]
     assert with_heads(model, "lens") == model and model.head_adapter_params == 0
     # on another model (a depth-rescaled replay) the same adapter shape at that model's width
     assert with_heads(get_model("llama2-7b"), f"trained:{NAME}").head_adapter_params == 2 * 64 * 4096

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from dexsim.core.lattice import ACCEPTANCE, acceptance
+
 from dexsim.sweep import run as sweep_run
 from dexsim.cli.main import main
 from dexsim.traces.synth import synth_trace
@@ -44,6 +46,7 @@ def test_des_rows_beside_unchanged_lockstep_rows(traces, tmp_path, capsys):
         assert r["output_matches_trace"] and r["tokens"] == 20  # each sequence once
         assert len(r["utilization"]) == r["pp"] and r["p50_token_latency_s"] <= r["p99_token_latency_s"]
         assert r["tokens_per_s"] == pytest.approx(r["tokens"] / r["sim_seconds"])
+        assert {k: r[k] for k in ACCEPTANCE} == acceptance(r)  # of the requests' counters
         if r["policy"] == "ar":
             assert r["speedup_vs_ar"] == 1.0
     for r in lock:

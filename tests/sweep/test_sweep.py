@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from dexsim.core.lattice import ACCEPTANCE, acceptance
 from dexsim.sweep import grid
+from dexsim.sweep.rows import row_problem
 from dexsim.sweep import run as sweep_run
 from dexsim.sweep.store import FILES
 from dexsim.traces.transforms import first_seqs
@@ -75,9 +77,24 @@ def test_rows_of_a_small_grid(reference):
         oracle = [r for r in rs if r["policy"] == "oracle-select" and r["exits"] == "all"]
         assert oracle and oracle[0]["oracle_policy"] in ("ar", "layerskip")
         assert all(oracle[0]["sim_seconds"] <= r["sim_seconds"] + 1e-12 for r in rs if r["policy"] in ("ar", "layerskip"))
+    for r in rows:  # the acceptance figures are those of the row's own counters
+        assert {k: r[k] for k in ACCEPTANCE} == acceptance(r)
+        if r["policy"] == "ar":
+            assert [r[k] for k in ACCEPTANCE] == [1.0, 0.0, 0.0, 0.0]
+    assert max(r["accepted_per_verification"] for r in rows if r["policy"] == "layerskip") > 1
     csv_lines = (reference / "sweep.csv").read_text().splitlines()
     assert csv_lines[0].split(",")[0] == "key" and len(csv_lines) == len(rows) + 1
     assert json.loads((reference / "sweep.json").read_text()) == rows
+
+
+def test_resume_checks_the_acceptance_columns(reference):
+    row = _rows(reference)[0]
+    assert row_problem(row) is None
+    for bad in ("1.5", None, True, float("nan")):
+        assert "field branch_reuse_share" in row_problem({**row, "branch_reuse_share": bad})
+    assert "field commit_rounds" in row_problem({**row, "commit_rounds": -1})
+    assert row_problem({k: v for k, v in row.items() if k != "anchor_head_start"}) == \
+        "other columns than this version writes"
 
 
 def test_table_names_best_per_trace_and_gpu(reference, traces, tmp_path, capsys):
