@@ -32,10 +32,18 @@ def parse_depths(spec: str, L: int, flag: str = "--depths") -> np.ndarray:
         raise UserError(f"{flag} {spec!r}: expected all, every:N or d1,d2,...") from None
 
 
-def on_trace(spec: str, L: int, depths, flag: str = "--exits") -> np.ndarray:
+def on_trace(spec: str, L: int, depths, flag: str = "--exits", where: str = "the trace") -> np.ndarray:
     """A spec on a trace that recorded `depths`: `all` is every recorded depth (not every layer: a
-    trace may record every few layers only); any other spec is parsed as it is."""
-    return np.asarray(depths, np.int16) if spec == "all" else parse_depths(spec, L, flag)
+    trace may record every few layers only); any other spec must name recorded depths only (one line
+    naming the flag and the first depth `where` lacks)."""
+    if spec == "all":
+        return np.asarray(depths, np.int16)
+    out = parse_depths(spec, L, flag)
+    missing = out[~np.isin(out, depths)]
+    if missing.size:
+        raise UserError(f"{flag} {spec}: depth {missing[0]} is not recorded in {where} (recorded: "
+                        f"{','.join(map(str, np.asarray(depths).tolist()))})")
+    return out
 
 
 def recorded(spec: str, L: int, depths, flag: str = "--exits") -> tuple | None:

@@ -93,7 +93,7 @@ def runs_from_args(args) -> list[source.RunLog]:
     total = int(np.diff(trace.seq_offsets)[args.seq])
     args.tokens = check_range(args.start, args.tokens, total)
     cfg = registry.policy_config(args)
-    exits = on_trace(cfg.params["exits"], trace.L, trace.depths)
+    exits = on_trace(cfg.params["exits"], trace.L, trace.depths, where=trace.path)
     runs = []
     for name in names:
         if registry.get(name).hindsight:

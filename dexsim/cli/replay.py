@@ -27,7 +27,7 @@ def cmd_replay(args) -> int:
     trace, rescaled = for_model(load_trace(args.trace), hw_cfg.model)
     priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path, trace.L,
                                arch=trace.meta.get("arch"))
-    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
+    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths, where=trace.path)
     if cfg.spec.hindsight:
         policies = hindsight.candidates(trace, cfg.name, exits, **cfg.own())
     else:

@@ -35,7 +35,7 @@ def cmd_sweep(args) -> int:
         for note in dict.fromkeys(grid.notes):
             print(f"note: {note}", file=sys.stderr)
 
-    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes)
+    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes, dask=cfg.dask)
     print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
     scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
     print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
@@ -45,9 +45,9 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def write_plots(out: str) -> None:
-    """`python -m viz sweep OUT`, in its own process: plots read results, never the other way round."""
-    r = subprocess.run([sys.executable, "-m", "viz", "sweep", out], capture_output=True, text=True)
+def write_plots(out: str, command: str = "sweep") -> None:
+    """`python -m viz COMMAND OUT`, in its own process: plots read results, never the other way round."""
+    r = subprocess.run([sys.executable, "-m", "viz", command, out], capture_output=True, text=True)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["failed"])[-1]
         if "ModuleNotFoundError" in r.stderr or "No module named" in r.stderr:

@@ -29,7 +29,7 @@ from dexsim.hardware import pricing
 from dexsim.replay.executor import unrecorded
 from dexsim.specs.catalog import get_gpu
 from dexsim.traces.format import Trace, load_trace
-from dexsim.traces.transforms import first_seqs, first_tokens, for_model
+from dexsim.traces.transforms import first_seqs, first_tokens, for_model, pick_seqs
 
 # The default grid: `python -m dexsim sweep` with no arguments must finish in well under a minute on two
 # cores. It prices every replay on one device (lockstep) and on a 4-stage pipeline (des), where DEX's
@@ -67,6 +67,8 @@ class SweepConfig:
                                         "each sequence once)", kind=int)
     out: str = option("results", "result folder")
     jobs: int = option(1, "local worker processes (default: all cores)")
+    dask: str | None = option(None, "replay on the dask.distributed scheduler at this address (tcp://HOST:PORT) "
+                                    "instead of --jobs local processes (needs the dask extra)")
     resume: bool = option(False, "keep the rows already in --out and skip them", kind=bool)
     force: bool = option(False, "with --resume: keep rows of another grid found in --out (default: refuse them)",
                          kind=bool)
@@ -121,6 +123,7 @@ class Job:
     params: tuple = ()  # sorted (name, value) pairs; exits as a tuple of depths
     des_pps: tuple = ()  # record the work for the DES on these stage counts (empty: lockstep only)
     max_seqs: int | None = None  # None: every sequence
+    seqs: tuple | None = None  # these sequences (indices, after max_seqs) only; None: all (tune's samples)
 
 
 @dataclass
@@ -176,9 +179,11 @@ def loaded(path: str) -> Trace:
 
 
 @lru_cache(maxsize=32)
-def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int | None = None) -> tuple[Trace, bool]:
-    """The trace a job replays (cut, then mapped onto `model`), cached per process."""
-    return for_model(first_tokens(first_seqs(loaded(path), max_seqs), max_tokens), model, flag="--models")
+def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int | None = None,
+             seqs: tuple | None = None) -> tuple[Trace, bool]:
+    """The trace a job replays (cut, sampled, then mapped onto `model`), cached per process."""
+    trace = first_tokens(first_seqs(loaded(path), max_seqs), max_tokens)
+    return for_model(trace if seqs is None else pick_seqs(trace, seqs), model, flag="--models")
 
 
 def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool,
@@ -236,7 +241,7 @@ def _schedule_axes(cfg: SweepConfig) -> list:
 
 def _job(base: Job, name: str, params: dict) -> Job:
     return Job(base.trace, base.max_tokens, base.model, base.seed, name, tuple(sorted(params.items())),
-               base.des_pps, base.max_seqs)
+               base.des_pps, base.max_seqs, base.seqs)
 
 
 def _policy_rows(trace: Trace, base: Job, spec, axes: dict, notes: list, where: str):
