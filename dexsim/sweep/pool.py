@@ -24,7 +24,7 @@ def connect(address: str):
     except ImportError:
         raise UserError("--dask: needs dask.distributed (pip install -e '.[dask]')") from None
     try:
-        return Client(address, timeout=f"{CONNECT_TIMEOUT_S}s", set_as_default=False)
+        return Client(address, timeout=f"{CONNECT_TIMEOUT_S}s")  # the default client: distributed.wait needs one
     except (OSError, TimeoutError, ValueError, TypeError) as e:
         why = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"--dask {address}: cannot connect ({why[:200]})") from None

@@ -342,8 +342,11 @@ def open_study(s: Setting, out: Path, resume: bool, optuna):
     if not resume:
         for f in (DB, TRIALS_CSV, TRIALS_JSON, BEST_JSON):
             (out / f).unlink(missing_ok=True)
-    from optuna.storages.journal import JournalFileBackend
-    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / DB)))
+    from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+    # the folder's lock is ours: a journal lock file left behind is a killed run's, not a live writer's
+    (out / f"{DB}.lock").unlink(missing_ok=True)
+    path = str(out / DB)
+    storage = optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     direction = OBJECTIVES[s.cfg.objective][1]
     sampler = optuna.samplers.TPESampler(seed=s.cfg.seed, n_startup_trials=10)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
