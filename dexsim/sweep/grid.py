@@ -180,10 +180,10 @@ def loaded(path: str) -> Trace:
 
 @lru_cache(maxsize=32)
 def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int | None = None,
-             seqs: tuple | None = None) -> tuple[Trace, bool]:
-    """The trace a job replays (cut, sampled, then mapped onto `model`), cached per process."""
+             seqs: tuple | None = None, flag: str = "--models") -> tuple[Trace, bool]:
+    """The trace a job replays (cut, sampled, then mapped onto `model`, named by `flag`), cached per process."""
     trace = first_tokens(first_seqs(loaded(path), max_seqs), max_tokens)
-    return for_model(trace if seqs is None else pick_seqs(trace, seqs), model, flag="--models")
+    return for_model(trace if seqs is None else pick_seqs(trace, seqs), model, flag=flag)
 
 
 def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool,
@@ -314,4 +314,17 @@ def build_grid(cfg: SweepConfig) -> Grid:
                 for fields, jobs in _policy_rows(trace, base, spec, axes, notes, where):
                     specs.append(RowSpec({**common, **fields}, jobs, base, hardware, {"depth_rescaled": rescaled},
                                          schedules, cfg.requests, trace.n_seqs))
+    _check_exit_sets(axes["exits"], specs, policies, trace)
     return Grid(specs, notes)
+
+
+def _check_exit_sets(texts: list, specs: list, policies: list, trace: Trace) -> None:
+    """An exit set named by depths that no trace of the sweep records is a mistake: one line, not a note
+    per trace (the default sets and `all`, `every:N` fit some traces and not others)."""
+    if not any("exits" in p.params for p in policies):
+        return
+    used = {s.fields.get("exits") for s in specs}
+    for text in texts:
+        if text not in used and not text.startswith("every:") and text != "all":
+            raise UserError(f"--exits {text}: no trace of the sweep records all of these depths (e.g. {trace.path} "
+                            f"records {','.join(map(str, trace.depths))})")

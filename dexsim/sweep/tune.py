@@ -144,7 +144,7 @@ def resolve(cfg: TuneConfig, hw_cfg: HardwareConfig) -> Setting:
             raise UserError(f"--policies: {name!r} is not a policy tune can search (searchable: {', '.join(families())})")
     max_tokens, max_seqs = cfg.max_tokens or None, cfg.max_seqs or None
     loaded(cfg.trace)
-    trace, rescaled = prepared(cfg.trace, max_tokens, hw_cfg.model, max_seqs)
+    trace, rescaled = prepared(cfg.trace, max_tokens, hw_cfg.model, max_seqs, flag="--model")
     model, hw = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), cfg.trace, trace.L,
                                arch=trace.meta.get("arch"))
     pool = depth_sets.on_trace(cfg.exits, trace.L, trace.depths, "--exits", cfg.trace)
@@ -166,7 +166,8 @@ def resolve(cfg: TuneConfig, hw_cfg: HardwareConfig) -> Setting:
         values[name] = vals
     n = trace.n_seqs
     if n < 2:
-        raise UserError(f"--trace {cfg.trace}: {n} sequence; tune needs 2 or more (one half to tune on, one held out)")
+        given = f"--max-seqs {cfg.max_seqs}" if cfg.max_seqs else f"--trace {cfg.trace}"
+        raise UserError(f"{given}: 1 sequence; tune needs 2 or more (one half to tune on, one held out)")
     perm = np.random.default_rng(cfg.seed).permutation(n)
     half = (n + 1) // 2
     tune_half, held = tuple(int(i) for i in perm[:half]), tuple(int(i) for i in perm[half:])
