@@ -29,6 +29,7 @@ import io
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -227,6 +228,7 @@ def optuna_module():
     except ImportError:
         raise UserError("tune: needs optuna (pip install -e '.[tune]')") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group, constant_liar
     return optuna
 
 
@@ -238,8 +240,7 @@ def suggest(trial, s: Setting) -> tuple[str, dict]:
     for pname in spec.params:
         p, key = PARAMS[pname], f"{name}.{pname}"
         if pname == "exits":
-            chosen = [d for d in s.depths if trial.suggest_categorical(f"{name}.exit{d}", [False, True])]
-            params[pname] = (*chosen, s.L)
+            params[pname] = suggest_exits(trial, name, s)
         elif s.values.get(pname):
             params[pname] = trial.suggest_categorical(key, s.values[pname])
         elif p.on_model is not None:
@@ -251,6 +252,16 @@ def suggest(trial, s: Setting) -> tuple[str, dict]:
         elif p.space:
             params[pname] = round(trial.suggest_float(key, *p.space[:2], step=(p.space[2:] or (None,))[0]), 6)
     return name, params
+
+
+def suggest_exits(trial, name: str, s: Setting) -> tuple:
+    """An exit set: how many depths below L (log-uniform, so small sets, where early exits pay, are
+    tried as often as large ones), then each one among the recorded depths; L is always in."""
+    if not s.depths:
+        return (s.L,)
+    n = trial.suggest_int(f"{name}.exits_n", 1, len(s.depths) + 1, log=True) - 1
+    chosen = {trial.suggest_categorical(f"{name}.exit_{i}", s.depths) for i in range(n)}
+    return (*sorted(chosen), s.L)
 
 
 def config_key(name: str, params: dict) -> str:
@@ -349,7 +360,8 @@ def open_study(s: Setting, out: Path, resume: bool, optuna):
     path = str(out / DB)
     storage = optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     direction = OBJECTIVES[s.cfg.objective][1]
-    sampler = optuna.samplers.TPESampler(seed=s.cfg.seed, n_startup_trials=10)
+    sampler = optuna.samplers.TPESampler(seed=s.cfg.seed, n_startup_trials=10, multivariate=True, group=True,
+                                         constant_liar=True)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     key = s.key()
     try:
