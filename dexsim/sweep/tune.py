@@ -52,6 +52,7 @@ OBJECTIVES = {"tokens_per_s": ("tokens_per_s", "maximize"), "p50": ("p50_token_l
               "p99": ("p99_token_latency_s", "minimize")}
 DB, TRIALS_CSV, TRIALS_JSON, BEST_JSON = "tune.journal", "trials.csv", "trials.json", "best.json"
 STUDY = "tune"
+STARTUP_TRIALS = 25  # random trials before TPE models the space: enough to see every family a few times
 
 
 def families() -> list[str]:
@@ -247,10 +248,13 @@ def suggest(trial, s: Setting) -> tuple[str, dict]:
             params[pname] = trial.suggest_categorical(key, s.exit_depths or [s.L])
         elif p.choices:
             params[pname] = trial.suggest_categorical(key, list(p.choices))
-        elif p.space and p.kind is int:
-            params[pname] = trial.suggest_int(key, *p.space)
         elif p.space:
-            params[pname] = round(trial.suggest_float(key, *p.space[:2], step=(p.space[2:] or (None,))[0]), 6)
+            low, high, *how = p.space
+            log, step = how == ["log"], (how[0] if how and how != ["log"] else None)
+            if p.kind is int:
+                params[pname] = trial.suggest_int(key, low, high, log=log)
+            else:
+                params[pname] = round(trial.suggest_float(key, low, high, log=log, step=step), 6)
     return name, params
 
 
@@ -360,7 +364,7 @@ def open_study(s: Setting, out: Path, resume: bool, optuna):
     path = str(out / DB)
     storage = optuna.storages.JournalStorage(JournalFileBackend(path, lock_obj=JournalFileOpenLock(path)))
     direction = OBJECTIVES[s.cfg.objective][1]
-    sampler = optuna.samplers.TPESampler(seed=s.cfg.seed, n_startup_trials=10, multivariate=True, group=True,
+    sampler = optuna.samplers.TPESampler(seed=s.cfg.seed, n_startup_trials=STARTUP_TRIALS, multivariate=True, group=True,
                                          constant_liar=True)
     pruner = optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=0)
     key = s.key()
