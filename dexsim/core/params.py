@@ -51,9 +51,10 @@ def nearest_half(L: int, depths) -> int:
 
 
 PARAMS = {p.name: p for p in (
-    Param("exits", str, "all", "exit set E: all | every:N | d1,d2,... (L always included; all: every depth the "
-          "trace recorded, or the exit heads can read)",
-          axis="exits", axis_default="every:8"),
+    Param("exits", str, "all", "exit set E: all | every:N | settle:N | d1,d2,... (L always included; all: every "
+          "depth the trace recorded, or the exit heads can read; settle:N: the N recorded depths below L where "
+          "most of the trace's tokens settle)",
+          axis="exits", axis_default="every:8,settle:2"),
     Param("explorers", int, 4, "explorers: node-layers advanced per round", short="-k", low=1,
           axis="explorers", axis_default="4,8", space=(1, 16, "log")),
     Param("buffer", int, 8, "most live branches B", low=0, space=(1, 16, "log")),

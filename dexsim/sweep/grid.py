@@ -28,19 +28,23 @@ from dexsim.errors import UserError
 from dexsim.hardware import pricing
 from dexsim.replay.executor import unrecorded
 from dexsim.specs.catalog import get_gpu
+from dexsim.traces.analyze import ceiling, settle_order
 from dexsim.traces.format import Trace, load_trace
 from dexsim.traces.transforms import first_seqs, first_tokens, for_model, pick_seqs
 
 # The default grid: `python -m dexsim sweep` with no arguments must finish in well under a minute on two
 # cores. It prices every replay on one device (lockstep) and on a 4-stage pipeline (des), where DEX's
 # explorers at different depths run on different stages at once; exits every 8 layers put them at
-# the stage ends. The traces are the real ones recorded by the reference engine (SmolLM2-135M, logit
-# lens, HumanEval / MT-bench / ShareGPT: 544 sequences; traces/README.md), every sequence and its first
-# 32 tokens replayed. Widen any axis with its flag (`--traces 'traces/*.npz'`: every bundled trace,
+# the stage ends, and `settle:2` at the two depths where most of each trace's tokens settle. The
+# traces are the real ones recorded by the reference engine (SmolLM2-135M, logit lens, HumanEval /
+# MT-bench / ShareGPT: 544 sequences; trained exit heads on HumanEval: 12; traces/README.md) and one
+# synthetic early-exit-trained profile (Llama-2-7B), so that the first run shows where DEX wins and
+# where it does not; every sequence and its first 32 tokens replayed. Widen any axis with its flag (`--traces 'traces/*.npz'`: every bundled trace,
 # synthetic ones included; `--max-tokens 0`: every token); `--max-seqs N` replays the first N
 # sequences of each trace.
 DEFAULT_TRACES = ("smollm2-135m-lens-humaneval164-raw.npz", "smollm2-135m-lens-mtbench-chat.npz",
-                  "smollm2-135m-lens-sharegpt-chat.npz")
+                  "smollm2-135m-lens-sharegpt-chat.npz", "smollm2-135m-trained-humaneval-raw.npz",
+                  "synth-llama2-7b-eetrained.npz")
 
 
 @dataclass(frozen=True)
@@ -72,7 +76,9 @@ class SweepConfig:
     resume: bool = option(False, "keep the rows already in --out and skip them", kind=bool)
     force: bool = option(False, "with --resume: keep rows of another grid found in --out (default: refuse them)",
                          kind=bool)
-    plots: bool = option(False, "also write the sweep's plots to OUT/plots (needs matplotlib)", kind=bool)
+    plots: bool = option(False, "write the sweep's plots to OUT/plots, or fail (default: written when matplotlib "
+                                "is installed, a note otherwise)", kind=bool)
+    no_plots: bool = option(False, "write no plots", kind=bool)
     axes: dict = field(default_factory=dict)  # policy parameter -> its flag's text
 
     def checked(self) -> "SweepConfig":
@@ -144,6 +150,7 @@ class RowSpec:
 class Grid:
     specs: list
     notes: list  # skipped combinations, one line each
+    traces: dict = field(default_factory=dict)  # trace file name -> {"ceiling": L / mean EAD, "synthetic"}
 
 
 def _positive(flag: str, values: list) -> list:
@@ -251,7 +258,7 @@ def _policy_rows(trace: Trace, base: Job, spec, axes: dict, notes: list, where: 
         if name == "exits":
             values = []
             for text in axes["exits"]:
-                exits = depth_sets.recorded(text, trace.L, trace.depths)
+                exits = depth_sets.recorded(text, trace.L, trace.depths, order=settle_order(trace))
                 if exits is None:
                     notes.append(f"skipped --exits {text} on {where}: not all of its depths are recorded")
                 else:
@@ -295,11 +302,13 @@ def build_grid(cfg: SweepConfig) -> Grid:
     # the DES needs the work recorded at its stage boundaries
     des_pps = tuple(sorted({pp for _, _, pp, _ in hw_grid})) if len(schedules) > lockstep else ()
     max_tokens, max_seqs = cfg.max_tokens or None, cfg.max_seqs or None
-    specs, notes = [], []
+    specs, notes, traces = [], [], {}
     for path in find_traces(cfg.traces or default_traces_glob()):
         for model_arg in csv_list("--models", cfg.models):
             model = None if model_arg == "trace" else model_arg
             trace, rescaled = prepared(path, max_tokens, model, max_seqs)
+            traces.setdefault(os.path.basename(path), {"ceiling": ceiling(trace),
+                                                       "synthetic": bool(trace.meta.get("synthetic"))})
             name = trace.meta.get("model")
             hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], path, model is None, trace.L,
                                  trace.meta["arch"])
@@ -315,7 +324,7 @@ def build_grid(cfg: SweepConfig) -> Grid:
                     specs.append(RowSpec({**common, **fields}, jobs, base, hardware, {"depth_rescaled": rescaled},
                                          schedules, cfg.requests, trace.n_seqs))
     _check_exit_sets(axes["exits"], specs, policies, trace)
-    return Grid(specs, notes)
+    return Grid(specs, notes, traces)
 
 
 def _check_exit_sets(texts: list, specs: list, policies: list, trace: Trace) -> None:
@@ -325,6 +334,6 @@ def _check_exit_sets(texts: list, specs: list, policies: list, trace: Trace) -> 
         return
     used = {s.fields.get("exits") for s in specs}
     for text in texts:
-        if text not in used and not text.startswith("every:") and text != "all":
+        if text not in used and not text.startswith(("every:", "settle:")) and text != "all":
             raise UserError(f"--exits {text}: no trace of the sweep records all of these depths (e.g. {trace.path} "
                             f"records {','.join(map(str, trace.depths))})")

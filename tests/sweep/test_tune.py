@@ -173,3 +173,12 @@ def test_exit_sets_follow_the_trace(tmp_path):
         assert json.loads(run.out)["output_matches_trace"]
     run = run_cli("dexsim", ["replay", "--trace", path, "--policy", "dex", "--exits", "all", "--json"])
     assert json.loads(run.out)["exits"] == ",".join(map(str, trace.depths))
+
+
+def test_settle_exit_sets_are_where_the_tokens_settle(planted):
+    run = run_cli("dexsim", ["replay", "--trace", planted, "--policy", "dex", "--exits", "settle:2", "--json"])
+    assert run.rc == 0 and json.loads(run.out)["exits"] == "12,24,32"
+    run = run_cli("dexsim", ["replay", "--trace", planted, "--policy", "dex", "--exits", "settle:1", "--json"])
+    assert json.loads(run.out)["exits"] in ("12,32", "24,32")
+    run = run_cli("dexsim", ["replay", "--trace", planted, "--policy", "dex", "--exits", "settle:0"])
+    assert run.rc == 2 and "--exits" in run.err
