@@ -46,6 +46,7 @@ from dexsim.sweep.grid import Job, RowSpec, _job, loaded, prepared
 from dexsim.sweep.pool import Pool
 from dexsim.sweep.rows import make_rows, run_job
 from dexsim.traces.analyze import settle_order
+from dexsim.traces.transforms import pick_seqs
 from dexsim.sweep.store import _replace_file, lock_folder, unlock_folder
 
 # objective -> (result column, direction)
@@ -53,6 +54,7 @@ OBJECTIVES = {"tokens_per_s": ("tokens_per_s", "maximize"), "p50": ("p50_token_l
               "p99": ("p99_token_latency_s", "minimize")}
 DB, TRIALS_CSV, TRIALS_JSON, BEST_JSON = "tune.journal", "trials.csv", "trials.json", "best.json"
 STUDY = "tune"
+MIN_PREFIX = 4  # sequences: a trial is never judged on fewer (one sequence says little about a policy)
 STARTUP_TRIALS = 25  # random trials before TPE models the space: enough to see every family a few times
 
 
@@ -123,6 +125,7 @@ class Setting:
     exit_depths: list  # recorded depths below L (LayerSkip's e)
     values: dict  # parameter -> the values to search among (None: its whole space)
     policies: list
+    settle: list  # recorded depths below L, most tokens settling there first (`settle_order`)
     halves: tuple  # (tune sequences, held-out sequences), indices into the prepared trace
     stages: list  # prefixes of the tuning half a trial is judged on
 
@@ -174,14 +177,17 @@ def resolve(cfg: TuneConfig, hw_cfg: HardwareConfig) -> Setting:
     perm = np.random.default_rng(cfg.seed).permutation(n)
     half = (n + 1) // 2
     tune_half, held = tuple(int(i) for i in perm[:half]), tuple(int(i) for i in perm[half:])
-    stages = sorted({max(1, half // 4), max(1, half // 2), half})
+    least = min(half, MIN_PREFIX)
+    stages = sorted({max(least, half // 4), max(least, half // 2), half})
     des_pps = (hw.pp,) if cfg.scheduler == "des" else ()
     base = Job(cfg.trace, max_tokens, hw_cfg.model, cfg.seed, "ar", des_pps=des_pps, max_seqs=max_seqs)
     common = {"trace": os.path.basename(cfg.trace), "trace_sha256": loaded(cfg.trace).meta["sha256"],
               "model": trace.meta.get("model"), "max_tokens": max_tokens, "max_seqs": max_seqs, "seed": cfg.seed}
     below = [int(d) for d in pool if d < L]
+    # the profile of the tuning half only: the held-out half stays unseen
+    settle = settle_order(pick_seqs(trace, tune_half))
     return Setting(cfg, model, hw, base, common, rescaled, L, below, [int(d) for d in trace.depths if d < L],
-                   values, policies, (tune_half, held), stages)
+                   values, policies, settle, (tune_half, held), stages)
 
 
 # ---------------------------------------------------------------------------- one evaluation
@@ -267,6 +273,34 @@ def suggest_exits(trial, name: str, s: Setting) -> tuple:
     n = trial.suggest_int(f"{name}.exits_n", 1, len(s.depths) + 1, log=True) - 1
     chosen = {trial.suggest_categorical(f"{name}.exit_{i}", s.depths) for i in range(n)}
     return (*sorted(chosen), s.L)
+
+
+def first_guesses(s: Setting, most: int = 3) -> list[dict]:
+    """The trials a search starts from: each family at its registry defaults on the trace's own
+    profile: exit sets of the 1, 2, ... `most` depths where most of its tokens settle (LayerSkip: each of
+    those depths). Values outside the space searched are left to the sampler."""
+    order = [d for d in s.settle if d in s.depths]
+    out = []
+    for name in s.policies:
+        spec = registry.REGISTRY[name]
+        defaults = registry.full_params(spec, {}, s.L, s.exit_depths)
+        fixed = {}
+        for pname in spec.params:
+            p, v = PARAMS[pname], defaults[pname]
+            allowed = s.values.get(pname) or (p.choices if p.choices else None)
+            if pname in ("exits",) or p.on_model is not None or v is None:
+                continue
+            if (allowed and v in allowed) or (not allowed and p.space and p.space[0] <= v <= p.space[1]):
+                fixed[f"{name}.{pname}"] = v
+        for n in range(1, min(most, len(order)) + 1):
+            guess = {"policy": name, **fixed}
+            if "exits" in spec.params:
+                guess[f"{name}.exits_n"] = n + 1
+                guess.update({f"{name}.exit_{i}": d for i, d in enumerate(sorted(order[:n]))})
+            elif "exit" in spec.params and (not s.values.get("exit") or order[n - 1] in s.values["exit"]):
+                guess[f"{name}.exit"] = order[n - 1]
+            out.append(guess)
+    return out
 
 
 def config_key(name: str, params: dict) -> str:
@@ -375,6 +409,8 @@ def open_study(s: Setting, out: Path, resume: bool, optuna):
         study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=direction)
         study.set_user_attr("setting", key)
+        for params in first_guesses(s):
+            study.enqueue_trial(params, user_attrs={"first_guess": True})
         return study
     old = study.user_attrs.get("setting", {})
     for k in key:
