@@ -81,7 +81,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=200)
     ap.add_argument("--jobs", type=int, default=1)
-    ap.add_argument("--traces", default=str(ROOT / "traces/*.npz"))
+    ap.add_argument("--traces", default=str(ROOT / "traces/*.npz"), help="comma-separated globs")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="results/tune_vs_grid")
     args = ap.parse_args()
@@ -89,7 +89,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     done = json.loads((out / "tune_vs_grid.json").read_text()) if (out / "tune_vs_grid.json").exists() else []
     seen = {(r["trace"], r["setting"]) for r in done}
-    for path in sorted(glob.glob(args.traces)):
+    for path in sorted(p for pattern in args.traces.split(",") for p in glob.glob(pattern)):
         for label in args.settings.split(","):
             if (Path(path).name, label) in seen:
                 continue

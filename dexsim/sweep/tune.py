@@ -275,11 +275,24 @@ def suggest_exits(trial, name: str, s: Setting) -> tuple:
     return (*sorted(chosen), s.L)
 
 
+def guess_exit_sets(s: Setting, most: int = 3) -> list[tuple]:
+    """Exit sets worth trying first (each without L): the 1, 2, ... `most` depths where most of the
+    tuning half's tokens settle (`settle:N`), and evenly spaced ones of about 2, 4 and 8 depths (as
+    `every:N` spaces them)."""
+    order = [d for d in s.settle if d in s.depths]
+    sets = [tuple(sorted(order[:n])) for n in range(1, min(most, len(order)) + 1)]
+    for size in (2, 4, 8):
+        step = -(-(len(s.depths) + 1) // (size + 1))  # (size + 1) gaps between 0 and L
+        sets.append(tuple(s.depths[step - 1::step]))
+    return [e for e in dict.fromkeys(sets) if e]
+
+
 def first_guesses(s: Setting, most: int = 3) -> list[dict]:
     """The trials a search starts from: each family at its registry defaults on the trace's own
-    profile: exit sets of the 1, 2, ... `most` depths where most of its tokens settle (LayerSkip: each of
-    those depths). Values outside the space searched are left to the sampler."""
-    order = [d for d in s.settle if d in s.depths]
+    profile: the exit sets of `guess_exit_sets` (LayerSkip: each of the `most` depths where most tokens
+    settle). Values outside the space searched are left to the sampler."""
+    order = [d for d in s.settle if d in s.exit_depths]
+    exit_sets = guess_exit_sets(s, most)
     out = []
     for name in s.policies:
         spec = registry.REGISTRY[name]
@@ -292,14 +305,13 @@ def first_guesses(s: Setting, most: int = 3) -> list[dict]:
                 continue
             if (allowed and v in allowed) or (not allowed and p.space and p.space[0] <= v <= p.space[1]):
                 fixed[f"{name}.{pname}"] = v
-        for n in range(1, min(most, len(order)) + 1):
-            guess = {"policy": name, **fixed}
-            if "exits" in spec.params:
-                guess[f"{name}.exits_n"] = n + 1
-                guess.update({f"{name}.exit_{i}": d for i, d in enumerate(sorted(order[:n]))})
-            elif "exit" in spec.params and (not s.values.get("exit") or order[n - 1] in s.values["exit"]):
-                guess[f"{name}.exit"] = order[n - 1]
-            out.append(guess)
+        if "exits" in spec.params:
+            for e in exit_sets:
+                out.append({"policy": name, **fixed, f"{name}.exits_n": len(e) + 1,
+                            **{f"{name}.exit_{i}": d for i, d in enumerate(e)}})
+        elif "exit" in spec.params:
+            out += [{"policy": name, **fixed, f"{name}.exit": d} for d in order[:most]
+                    if not s.values.get("exit") or d in s.values["exit"]]
     return out
 
 
@@ -511,6 +523,8 @@ def tune(s: Setting, *, bar_factory=None, on_start=None) -> dict:
         raise UserError(f"--out {out}: cannot create ({e.strerror})") from None
     lock = lock_folder(out)
     try:
+        if s.cfg.jobs > 1 and not s.cfg.dask:  # compile the core here once: the forked workers inherit it
+            evaluate(row_spec(s, "ar", {}, s.halves[0][:s.stages[0]]))
         with Pool(s.cfg.jobs, s.cfg.dask) as pool:
             study = open_study(s, out, s.cfg.resume, optuna)
             search = Search(s, study, pool, optuna)
