@@ -89,7 +89,7 @@ def main():
     out.mkdir(parents=True, exist_ok=True)
     done = json.loads((out / "tune_vs_grid.json").read_text()) if (out / "tune_vs_grid.json").exists() else []
     seen = {(r["trace"], r["setting"]) for r in done}
-    for path in sorted(p for pattern in args.traces.split(",") for p in glob.glob(pattern)):
+    for path in dict.fromkeys(p for pattern in args.traces.split(",") for p in sorted(glob.glob(pattern))):
         for label in args.settings.split(","):
             if (Path(path).name, label) in seen:
                 continue
