@@ -56,7 +56,7 @@ def on_trace(spec: str, L: int, depths, flag: str = "--exits", where: str = "the
     out = parse_depths(spec, L, flag)
     missing = out[~np.isin(out, depths)]
     if missing.size:
-        raise UserError(f"{flag} {spec}: depth {missing[0]} is not recorded in {where} (recorded: "
+        raise UserError(f"{flag} {spec}: depth {missing[0]} is not recorded in {where} (its field 'depths': "
                         f"{','.join(map(str, np.asarray(depths).tolist()))})")
     return out
 
