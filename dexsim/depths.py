@@ -1,6 +1,8 @@
 """The exit-depth grammar, shared by every flag that names depths (`--exits`, `--depths`):
-`all` (every layer), `every:N` (N, 2N, ... and L) or `d1,d2,...`; L is always in the set.
-A sweep takes several sets at once (`specs`)."""
+`all` (every layer), `every:N` (N, 2N, ... and L) or `d1,d2,...`; L is always in the set. On a trace,
+`all` is every recorded depth and `settle:N` the N recorded depths below L where most tokens settle
+(their stable EAD: the exit set a trace's own profile suggests). A sweep takes several sets at once
+(`specs`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,6 +23,8 @@ def parse_depths(spec: str, L: int, flag: str = "--depths") -> np.ndarray:
     """One spec on a model of L layers -> int16 depths."""
     if spec == "all":
         return check_depths(np.arange(1, L + 1), L, flag)
+    if spec.startswith("settle:"):
+        raise UserError(f"{flag} {spec}: needs a trace (the depths where its tokens settle)")
     try:
         if spec.startswith("every:"):
             step = int(spec.removeprefix("every:"))
@@ -32,17 +36,38 @@ def parse_depths(spec: str, L: int, flag: str = "--depths") -> np.ndarray:
         raise UserError(f"{flag} {spec!r}: expected all, every:N or d1,d2,...") from None
 
 
-def on_trace(spec: str, L: int, depths, flag: str = "--exits") -> np.ndarray:
+def settled(spec: str, L: int, order) -> np.ndarray:
+    """`settle:N` on a trace: the first N of `order` (its recorded depths below L, most tokens settling
+    there first), and L."""
+    n = int(spec.removeprefix("settle:"))
+    return check_depths(np.asarray(list(order)[:n], np.int64), L)
+
+
+def on_trace(spec: str, L: int, depths, flag: str = "--exits", where: str = "the trace", order=()) -> np.ndarray:
     """A spec on a trace that recorded `depths`: `all` is every recorded depth (not every layer: a
-    trace may record every few layers only); any other spec is parsed as it is."""
-    return np.asarray(depths, np.int16) if spec == "all" else parse_depths(spec, L, flag)
+    trace may record every few layers only), `settle:N` the first N of `order` (see `settled`); any
+    other spec must name recorded depths only (one line naming the flag and the first depth `where`
+    lacks)."""
+    if spec == "all":
+        return np.asarray(depths, np.int16)
+    if spec.startswith("settle:"):
+        _check_syntax(spec, flag)
+        return settled(spec, L, order)
+    out = parse_depths(spec, L, flag)
+    missing = out[~np.isin(out, depths)]
+    if missing.size:
+        raise UserError(f"{flag} {spec}: depth {missing[0]} is not recorded in {where} (its field 'depths': "
+                        f"{','.join(map(str, np.asarray(depths).tolist()))})")
+    return out
 
 
-def recorded(spec: str, L: int, depths, flag: str = "--exits") -> tuple | None:
-    """A spec on a trace that recorded `depths`: `all` is every recorded depth; None if the spec names
-    a depth that is not recorded."""
+def recorded(spec: str, L: int, depths, flag: str = "--exits", order=()) -> tuple | None:
+    """A spec on a trace that recorded `depths`: `all` is every recorded depth, `settle:N` the first N
+    of `order` (see `settled`); None if the spec names a depth that is not recorded."""
     if spec == "all":
         return tuple(int(d) for d in depths)
+    if spec.startswith("settle:"):
+        return tuple(int(d) for d in settled(spec, L, order))
     out = parse_depths(spec, L, flag)
     return tuple(int(d) for d in out) if np.isin(out, depths).all() else None
 
@@ -69,9 +94,10 @@ def _check_syntax(spec: str, flag: str) -> None:
     try:
         if spec == "all":
             return
-        depths = [int(spec.removeprefix("every:"))] if spec.startswith("every:") else map(int, spec.split(","))
+        prefix = next((p for p in ("every:", "settle:") if spec.startswith(p)), None)
+        depths = [int(spec.removeprefix(prefix))] if prefix else map(int, spec.split(","))
         if all(d >= 1 for d in depths):
             return
     except ValueError:
         pass
-    raise UserError(f"{flag} {spec!r}: expected all, every:N or d1,d2,... with N and depths >= 1")
+    raise UserError(f"{flag} {spec!r}: expected all, every:N, settle:N or d1,d2,... with N and depths >= 1")

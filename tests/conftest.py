@@ -14,3 +14,13 @@ settings.register_profile("thorough", max_examples=2000, deadline=None,
 settings.register_profile("mutation", max_examples=12, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _no_default_sweep_plots(monkeypatch):
+    """Hundreds of small sweeps here: none writes plots unless its test asks (--plots, or sets it back)."""
+    from dexsim.cli import sweep
+    monkeypatch.setattr(sweep, "PLOTS_BY_DEFAULT", False)

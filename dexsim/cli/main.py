@@ -7,9 +7,9 @@ from __future__ import annotations
 import argparse
 
 from dexsim import config
-from dexsim.cli import analyze, cost, replay, sweep, synth
+from dexsim.cli import analyze, cost, replay, sweep, synth, tune
 
-COMMANDS = (replay, synth, analyze, sweep, cost)
+COMMANDS = (replay, synth, analyze, sweep, tune, cost)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -19,6 +19,7 @@ from dexsim.hardware.pricing import HardwareConfig
 from dexsim.des.simulate import SchedulerConfig
 from dexsim.replay import hindsight
 from dexsim.replay.executor import replay, result, save_events
+from dexsim.traces.analyze import settle_order
 from dexsim.traces.format import load_trace
 from dexsim.traces.transforms import for_model
 
@@ -28,7 +29,8 @@ def cmd_replay(args) -> int:
     trace, rescaled = for_model(load_trace(args.trace), hw_cfg.model)
     priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path, trace.L,
                                arch=trace.meta.get("arch"))
-    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
+    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths, where=trace.path,
+                               order=settle_order(trace))
     if cfg.spec.hindsight:
         policies = hindsight.candidates(trace, cfg.name, exits, **cfg.own())
     else:

@@ -2,6 +2,7 @@
 (dexsim/sweep); prints where the rows went and the best configuration per trace and hardware."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -15,6 +16,11 @@ from dexsim.sweep.grid import SweepConfig, axis_defaults, axis_flag, build_grid
 from dexsim.sweep.run import sweep
 from dexsim.sweep.store import FILES
 from dexsim.sweep.table import best_table
+
+
+# A run writes its plots unless told not to (when matplotlib is installed). The test suite runs hundreds
+# of small sweeps and turns this off (tests/conftest.py); its plot tests pass --plots or set it.
+PLOTS_BY_DEFAULT = True
 
 
 def _default_jobs() -> int:
@@ -35,19 +41,25 @@ def cmd_sweep(args) -> int:
         for note in dict.fromkeys(grid.notes):
             print(f"note: {note}", file=sys.stderr)
 
-    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes)
+    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes, dask=cfg.dask)
     print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
     scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
     print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
-    print(best_table(rows))
-    if cfg.plots:
+    print(best_table(rows, grid.traces))
+    print("L/EAD: the ceiling, L / mean EAD; vs ar: speedup over ar on the same hardware (below 1: slower); "
+          "vs single: best dex over the best single-depth method")
+    if cfg.plots and cfg.no_plots:
+        raise UserError("--plots and --no-plots: choose one")
+    if cfg.plots or (not cfg.no_plots and PLOTS_BY_DEFAULT and importlib.util.find_spec("matplotlib") is not None):
         write_plots(cfg.out)
+    elif not cfg.no_plots and PLOTS_BY_DEFAULT:
+        print("note: no plots: matplotlib is not installed (pip install -e '.[viz]')", file=sys.stderr)
     return 0
 
 
-def write_plots(out: str) -> None:
-    """`python -m viz sweep OUT`, in its own process: plots read results, never the other way round."""
-    r = subprocess.run([sys.executable, "-m", "viz", "sweep", out], capture_output=True, text=True)
+def write_plots(out: str, command: str = "sweep") -> None:
+    """`python -m viz COMMAND OUT`, in its own process: plots read results, never the other way round."""
+    r = subprocess.run([sys.executable, "-m", "viz", command, out], capture_output=True, text=True)
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or ["failed"])[-1]
         if "ModuleNotFoundError" in r.stderr or "No module named" in r.stderr:

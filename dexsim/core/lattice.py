@@ -364,6 +364,12 @@ class Lattice:
 
 # --------------------------------------------------------------------------- the transitions, compiled
 
+# The event and hook helpers take every argument as int64 (and a float32 confidence): a literal constant
+# at a call site (SPAWN, 0, -1, 0.0) would otherwise compile one more copy of the helper per literal.
+_i = np.int64
+_F0 = np.float32(0.0)
+
+
 @njit(cache=True)
 def _log(st, kind, s, j, token, depth, n, conf, node, parent):
     if st.record:
@@ -419,14 +425,14 @@ def _grown(a):
 def _log_node(st, kind, s, j, n):
     """An event about node (s, j) as it stands."""
     p = st.parent[s, j]
-    _log(st, kind, s, j, st.token[s, j], st.depth[s, j], n, 0.0, st.node_id[s, j],
+    _log(st, kind, s, j, st.token[s, j], st.depth[s, j], n, _F0, st.node_id[s, j],
          st.node_id[s, p] if p >= 0 else -1)
 
 
 @njit(cache=True)
 def _log_roots(st):
     for s in range(len(st.n)):
-        _log_node(st, SPAWN, s, 0, 0)
+        _log_node(st, _i(SPAWN), s, _i(0), _i(0))
 
 
 @njit(cache=True)
@@ -435,7 +441,7 @@ def advance_seq(st, s, chosen, m):
     k = 0
     for j in range(st.M):
         if chosen[j]:
-            _log_node(st, ADVANCE, s, j, m)
+            _log_node(st, _i(ADVANCE), s, j, m)
             st.context[0] += (st.pos[s, j] + 1) * m
             d = st.depth[s, j]
             st.rows_diff[d + 1] += 1  # one row at each of layers d+1..d+m
@@ -522,7 +528,7 @@ def _first_at_depth(st, s, chosen, j):
 def store_exit(st, s, j, tok, conf):
     st.exit_token[s, j] = tok
     st.exit_conf[s, j] = conf
-    _log(st, EXIT, s, j, tok, st.depth[s, j], 0, st.exit_conf[s, j], st.node_id[s, j],
+    _log(st, _i(EXIT), s, j, tok, st.depth[s, j], _i(0), st.exit_conf[s, j], st.node_id[s, j],
          st.node_id[s, st.parent[s, j]] if st.parent[s, j] >= 0 else -1)
     st.head_evals[s] += 1
 
@@ -585,8 +591,8 @@ def expand_seq(st, s, js, toks, buffer, evict):
             st.src_depth[s, c] = st.depth[s, j]
             c += 1
     for i in range(st.n[s], c):
-        _hook(st, HOOK_SPAWNED, s, i)
-        _log_node(st, SPAWN, s, i, st.spawn_depth[s, i])
+        _hook(st, _i(HOOK_SPAWNED), s, i)
+        _log_node(st, _i(SPAWN), s, i, st.spawn_depth[s, i])
     st.n[s] = c
 
 
@@ -635,9 +641,9 @@ def commit_seq(st, s):
         st.commit_rounds[s] += 1
     while st.active[s] and st.depth[s, 0] == st.L:
         y = st.exit_token[s, 0]
-        _log(st, COMMIT, s, 0, y, st.depth[s, 0], 0, 0.0, st.node_id[s, 0], -1)
+        _log(st, _i(COMMIT), s, _i(0), y, st.depth[s, 0], _i(0), _F0, st.node_id[s, 0], _i(-1))
         st.output[s, st.tokens[s]] = y
-        _hook(st, HOOK_COMMITTED, s, 0)
+        _hook(st, _i(HOOK_COMMITTED), s, _i(0))
         st.last_commit[s] = st.last_step[s, 0]
         if st.work:
             if st.n_wk_commit == len(st.wk_commit):
@@ -666,9 +672,9 @@ def commit_seq(st, s):
         if child < 0:  # fallback: a fresh anchor for the committed token
             st.fallbacks[s] += 1
             _reset_root(st, s, y, old_pos + 1)
-            _hook(st, HOOK_SPAWNED, s, 0)
-            _log(st, SPAWN, s, 0, y, 0, 0, 0.0, st.node_id[s, 0], old_id)
-        _log(st, COLLAPSE, s, 0, st.token[s, 0], st.depth[s, 0], gone.sum(), 0.0, st.node_id[s, 0], old_id)
+            _hook(st, _i(HOOK_SPAWNED), s, _i(0))
+            _log(st, _i(SPAWN), s, _i(0), y, _i(0), _i(0), _F0, st.node_id[s, 0], old_id)
+        _log(st, _i(COLLAPSE), s, _i(0), st.token[s, 0], st.depth[s, 0], _i(gone.sum()), _F0, st.node_id[s, 0], old_id)
         if st.tokens[s] >= st.max_tokens[s] or (st.eos != NO_TOKEN and y == st.eos):
             stop_seq(st, s)
 
@@ -688,8 +694,8 @@ def _discard(st, s, gone):
     for j in range(st.M):
         if gone[j]:
             st.wasted_node_layers[s] += st.depth[s, j]
-            _log_node(st, DISCARD, s, j, 0)
-            _hook(st, HOOK_DISCARDED, s, j)
+            _log_node(st, _i(DISCARD), s, j, _i(0))
+            _hook(st, _i(HOOK_DISCARDED), s, j)
 
 
 @njit(cache=True)

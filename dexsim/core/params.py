@@ -26,6 +26,7 @@ class Param:
     axis: str | None = None  # the sweep's flag for a comma-separated list of values (None: one value)
     axis_default: str | None = None  # the default sweep's values
     on_model: Callable | None = None  # (L, readable depths) -> the value when none is given, if it depends on them
+    space: tuple = ()  # (low, high[, step or "log"]): the values `tune` searches (choices, depths, exit sets need none)
 
     @property
     def flag(self) -> str:
@@ -50,20 +51,22 @@ def nearest_half(L: int, depths) -> int:
 
 
 PARAMS = {p.name: p for p in (
-    Param("exits", str, "all", "exit set E: all | every:N | d1,d2,... (L always included; all: every depth the "
-          "trace recorded, or the exit heads can read)",
-          axis="exits", axis_default="every:8"),
+    Param("exits", str, "all", "exit set E: all | every:N | settle:N | d1,d2,... (L always included; all: every "
+          "depth the trace recorded, or the exit heads can read; settle:N: the N recorded depths below L where "
+          "most of the trace's tokens settle)",
+          axis="exits", axis_default="every:8,settle:2"),
     Param("explorers", int, 4, "explorers: node-layers advanced per round", short="-k", low=1,
-          axis="explorers", axis_default="4,8"),
-    Param("buffer", int, 8, "most live branches B", low=0),
+          axis="explorers", axis_default="4,8", space=(1, 16, "log")),
+    Param("buffer", int, 8, "most live branches B", low=0, space=(1, 16, "log")),
     Param("priority", str, "eager", "which branches advance first", choices=PRIORITIES,
           axis="priorities", axis_default="eager,deep"),
     Param("exit", int, None, "the fixed exit depth e (default: the readable depth nearest L/2)", low=1,
           on_model=nearest_half),
     Param("draft", int, None, f"draft length gamma (layerskip: {DEFAULT_DRAFT} if not given; oracle-select "
-          f"searches {', '.join(map(str, ORACLE_DRAFTS))} if not given)", low=0, axis="drafts", axis_default="1,2,4"),
+          f"searches {', '.join(map(str, ORACLE_DRAFTS))} if not given)", low=0, axis="drafts", axis_default="1,2,4",
+          space=(1, 8, "log")),
     Param("threshold", float, 0.9, "exit confidence threshold tau", low=0.0, high=1.0,
-          axis="thresholds", axis_default="0.9"),
+          axis="thresholds", axis_default="0.9", space=(0.05, 1.0, 0.05)),
 )}
 
 

@@ -119,14 +119,14 @@ def full_params(spec: PolicySpec, given: dict, L: int | None = None, depths=None
 
 
 def make_policy(name: str, L: int, *, exits=None, depths=None, **params):
-    """A policy object from its name and parameter values (defaults where not given). `exits`: the
-    exit set (default every layer); `depths`: the depths that can be read (default every layer)."""
+    """A policy object from its name and parameter values (defaults where not given). `depths`: the
+    depths that can be read (default every layer); `exits`: the exit set (default `depths`: a trace
+    recorded every few layers exits where it recorded)."""
     spec = get(name)
     if spec.hindsight:
         raise UserError(f"--policy {name}: picks among other policies in hindsight; it has no policy object")
-    every = np.arange(1, L + 1)
-    exits = every if exits is None else np.asarray(exits)
-    depths = every if depths is None else np.asarray(depths)
+    depths = np.arange(1, L + 1) if depths is None else np.asarray(depths)
+    exits = depths if exits is None else np.asarray(exits)
     return spec.build(L, exits, depths, full_params(spec, params, L, depths))
 
 

@@ -128,9 +128,9 @@ def read_node(st, rx, s, j):
     node = st.node_id[s, j]
     h = _hash(rx.seed, node, d)
     tok = prev
-    if prev == NO_TOKEN or _uniform(h, 1) >= stay:
+    if prev == NO_TOKEN or _uniform(h, np.uint64(1)) >= stay:
         tok = rx.vocab + node * (st.L + 1) + d  # unique per node and depth
-    row = np.int64(_uniform(h, 2) * len(rx.exit_conf))
+    row = np.int64(_uniform(h, np.uint64(2)) * len(rx.exit_conf))  # uint64 streams: one compiled _uniform
     return tok, rx.exit_conf[row, c]
 
 

@@ -29,19 +29,23 @@ from dexsim.hardware import pricing
 from dexsim.replay.executor import unrecorded
 from dexsim.specs.catalog import get_gpu
 from dexsim.specs.profile import load_profile
+from dexsim.traces.analyze import ceiling, settle_order
 from dexsim.traces.format import Trace, load_trace
-from dexsim.traces.transforms import first_seqs, first_tokens, for_model
+from dexsim.traces.transforms import first_seqs, first_tokens, for_model, pick_seqs
 
 # The default grid: `python -m dexsim sweep` with no arguments must finish in well under a minute on two
 # cores. It prices every replay on one device (lockstep) and on a 4-stage pipeline (des), where DEX's
 # explorers at different depths run on different stages at once; exits every 8 layers put them at
-# the stage ends. The traces are the real ones recorded by the reference engine (SmolLM2-135M, logit
-# lens, HumanEval / MT-bench / ShareGPT: 544 sequences; traces/README.md), every sequence and its first
-# 32 tokens replayed. Widen any axis with its flag (`--traces 'traces/*.npz'`: every bundled trace,
+# the stage ends, and `settle:2` at the two depths where most of each trace's tokens settle. The
+# traces are the real ones recorded by the reference engine (SmolLM2-135M, logit lens, HumanEval /
+# MT-bench / ShareGPT: 544 sequences; trained exit heads on HumanEval: 12; traces/README.md) and one
+# synthetic early-exit-trained profile (Llama-2-7B), so that the first run shows where DEX wins and
+# where it does not; every sequence and its first 32 tokens replayed. Widen any axis with its flag (`--traces 'traces/*.npz'`: every bundled trace,
 # synthetic ones included; `--max-tokens 0`: every token); `--max-seqs N` replays the first N
 # sequences of each trace.
 DEFAULT_TRACES = ("smollm2-135m-lens-humaneval164-raw.npz", "smollm2-135m-lens-mtbench-chat.npz",
-                  "smollm2-135m-lens-sharegpt-chat.npz")
+                  "smollm2-135m-lens-sharegpt-chat.npz", "smollm2-135m-trained-humaneval-raw.npz",
+                  "synth-llama2-7b-eetrained.npz")
 
 
 @dataclass(frozen=True)
@@ -71,10 +75,14 @@ class SweepConfig:
                                         "each sequence once)", kind=int)
     out: str = option("results", "result folder")
     jobs: int = option(1, "local worker processes (default: all cores)")
+    dask: str | None = option(None, "replay on the dask.distributed scheduler at this address (tcp://HOST:PORT) "
+                                    "instead of --jobs local processes (needs the dask extra)")
     resume: bool = option(False, "keep the rows already in --out and skip them", kind=bool)
     force: bool = option(False, "with --resume: keep rows of another grid found in --out (default: refuse them)",
                          kind=bool)
-    plots: bool = option(False, "also write the sweep's plots to OUT/plots (needs matplotlib)", kind=bool)
+    plots: bool = option(False, "write the sweep's plots to OUT/plots, or fail (default: written when matplotlib "
+                                "is installed, a note otherwise)", kind=bool)
+    no_plots: bool = option(False, "write no plots", kind=bool)
     axes: dict = field(default_factory=dict)  # policy parameter -> its flag's text
 
     def checked(self) -> "SweepConfig":
@@ -125,6 +133,7 @@ class Job:
     params: tuple = ()  # sorted (name, value) pairs; exits as a tuple of depths
     des_pps: tuple = ()  # record the work for the DES on these stage counts (empty: lockstep only)
     max_seqs: int | None = None  # None: every sequence
+    seqs: tuple | None = None  # these sequences (indices, after max_seqs) only; None: all (tune's samples)
 
 
 @dataclass
@@ -145,6 +154,7 @@ class RowSpec:
 class Grid:
     specs: list
     notes: list  # skipped combinations, one line each
+    traces: dict = field(default_factory=dict)  # trace file name -> {"ceiling": L / mean EAD, "synthetic"}
 
 
 def _positive(flag: str, values: list) -> list:
@@ -180,9 +190,11 @@ def loaded(path: str) -> Trace:
 
 
 @lru_cache(maxsize=32)
-def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int | None = None) -> tuple[Trace, bool]:
-    """The trace a job replays (cut, then mapped onto `model`), cached per process."""
-    return for_model(first_tokens(first_seqs(loaded(path), max_seqs), max_tokens), model, flag="--models")
+def prepared(path: str, max_tokens: int | None, model: str | None, max_seqs: int | None = None,
+             seqs: tuple | None = None, flag: str = "--models") -> tuple[Trace, bool]:
+    """The trace a job replays (cut, sampled, then mapped onto `model`, named by `flag`), cached per process."""
+    trace = first_tokens(first_seqs(loaded(path), max_seqs), max_tokens)
+    return for_model(trace if seqs is None else pick_seqs(trace, seqs), model, flag=flag)
 
 
 def _hardware(model_name: str, hw_grid: list, notes: list, heads: str, path: str, own_model: bool,
@@ -240,7 +252,7 @@ def _schedule_axes(cfg: SweepConfig) -> list:
 
 def _job(base: Job, name: str, params: dict) -> Job:
     return Job(base.trace, base.max_tokens, base.model, base.seed, name, tuple(sorted(params.items())),
-               base.des_pps, base.max_seqs)
+               base.des_pps, base.max_seqs, base.seqs)
 
 
 def _policy_rows(trace: Trace, base: Job, spec, axes: dict, notes: list, where: str):
@@ -250,7 +262,7 @@ def _policy_rows(trace: Trace, base: Job, spec, axes: dict, notes: list, where: 
         if name == "exits":
             values = []
             for text in axes["exits"]:
-                exits = depth_sets.recorded(text, trace.L, trace.depths)
+                exits = depth_sets.recorded(text, trace.L, trace.depths, order=settle_order(trace))
                 if exits is None:
                     notes.append(f"skipped --exits {text} on {where}: not all of its depths are recorded")
                 else:
@@ -295,11 +307,13 @@ def build_grid(cfg: SweepConfig) -> Grid:
     # the DES needs the work recorded at its stage boundaries
     des_pps = tuple(sorted({pp for _, _, pp, _ in hw_grid})) if len(schedules) > lockstep else ()
     max_tokens, max_seqs = cfg.max_tokens or None, cfg.max_seqs or None
-    specs, notes = [], []
+    specs, notes, traces = [], [], {}
     for path in find_traces(cfg.traces or default_traces_glob()):
         for model_arg in csv_list("--models", cfg.models):
             model = None if model_arg == "trace" else model_arg
             trace, rescaled = prepared(path, max_tokens, model, max_seqs)
+            traces.setdefault(os.path.basename(path), {"ceiling": ceiling(trace),
+                                                       "synthetic": bool(trace.meta.get("synthetic"))})
             name = trace.meta.get("model")
             hardware = _hardware(name, hw_grid, notes, trace.meta["heads"], path, model is None, trace.L,
                                  trace.meta["arch"], profile)
@@ -314,4 +328,17 @@ def build_grid(cfg: SweepConfig) -> Grid:
                 for fields, jobs in _policy_rows(trace, base, spec, axes, notes, where):
                     specs.append(RowSpec({**common, **fields}, jobs, base, hardware, {"depth_rescaled": rescaled},
                                          schedules, cfg.requests, trace.n_seqs))
-    return Grid(specs, notes)
+    _check_exit_sets(axes["exits"], specs, policies, trace)
+    return Grid(specs, notes, traces)
+
+
+def _check_exit_sets(texts: list, specs: list, policies: list, trace: Trace) -> None:
+    """An exit set named by depths that no trace of the sweep records is a mistake: one line, not a note
+    per trace (the default sets and `all`, `every:N` fit some traces and not others)."""
+    if not any("exits" in p.params for p in policies):
+        return
+    used = {s.fields.get("exits") for s in specs}
+    for text in texts:
+        if text not in used and not text.startswith(("every:", "settle:")) and text != "all":
+            raise UserError(f"--exits {text}: no trace of the sweep records all of these depths (e.g. {trace.path} "
+                            f"records {','.join(map(str, trace.depths))})")

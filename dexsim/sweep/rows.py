@@ -88,7 +88,7 @@ def row_problem(row: dict) -> str | None:
 
 def run_job(job: Job) -> tuple[dict, pricing.Tally, object]:
     """Replay one job (in a worker process or in this one): its result, Tally and (for the DES) WorkLog."""
-    trace, _ = prepared(job.trace, job.max_tokens, job.model, job.max_seqs)
+    trace, _ = prepared(job.trace, job.max_tokens, job.model, job.max_seqs, job.seqs)
     params = dict(job.params)
     exits = params.pop("exits", None)
     policy = registry.make_policy(job.policy, trace.L, exits=exits, depths=trace.depths, **params)

@@ -1,35 +1,50 @@
-"""The summary a sweep prints: the best lossless configuration per trace and hardware."""
+"""The summary a sweep prints: per trace and hardware, the question a user asks of it: how fast is AR,
+what is the best single-depth method and the best DEX configuration here, by how much do they beat AR
+(or lose to it: speedups below 1 are shown as they are), and how far is the ideal (L / mean EAD)."""
 from __future__ import annotations
 
 from dexsim.core import registry
 from dexsim.core.registry import describe
 
 
-def best_table(rows: list[dict]) -> str:
-    """Best lossless configuration per trace and hardware, with its speedup over ar and over the best
-    single-depth policy (layerskip, adaptive, oracle-select) on the same trace and hardware."""
+def _hardware(r: dict) -> str:
+    hw = r["gpu"] + ("" if (r["tp"], r["pp"], r["batch"]) == (1, 1, 1) else f" tp{r['tp']} pp{r['pp']} b{r['batch']}")
+    return hw + ("" if r["scheduler"] == "lockstep" else f" des {r['arrival']}")
+
+
+def _best(rows: list[dict]):
+    return max(rows, key=lambda r: r["tokens_per_s"]) if rows else None
+
+
+def best_table(rows: list[dict], traces: dict | None = None) -> str:
+    """One line per trace and hardware: AR's tokens/s, the best single-depth configuration (layerskip,
+    adaptive, oracle-select) and the best DEX configuration with their speedups over AR, DEX over the
+    single-depth one, and the trace's ceiling. `traces`: trace file name -> {"ceiling", "synthetic"}
+    (from the grid; a resumed folder's other traces show '-')."""
+    traces = traces or {}
     single_depth = {s.name for s in registry.REGISTRY.values() if s.single_depth}
     groups: dict[tuple, list] = {}
     for r in rows:
         if r["output_matches_trace"]:
-            hw = (r["gpu"], r["tp"], r["pp"], r["batch"], r["scheduler"], r["arrival"])
-            groups.setdefault((r["trace"], r["model"], r["max_tokens"], r.get("max_seqs"), r["seed"], hw), []).append(r)
-    head = ("trace", "model", "hardware", "best configuration", "tok/s", "vs ar", "vs single", "best single-depth")
+            key = (r["trace"], r["model"], r["max_tokens"], r.get("max_seqs"), r["seed"], _hardware(r))
+            groups.setdefault(key, []).append(r)
+    head = ("trace", "model", "hardware", "L/EAD", "ar tok/s", "best single-depth", "vs ar", "best dex", "vs ar",
+            "vs single")
     lines = [head]
-    for (trace, model, _, _, _, (gpu, tp, pp, batch, sched, arrival)), rs in groups.items():
-        best = max(rs, key=lambda r: r["tokens_per_s"])
-        single = [r for r in rs if r["policy"] in single_depth]
-        hw = gpu + ("" if (tp, pp, batch) == (1, 1, 1) else f" tp{tp} pp{pp} b{batch}")
-        hw += "" if sched == "lockstep" else f" des {arrival}"
-        if single:
-            s = max(single, key=lambda r: r["tokens_per_s"])
-            vs_single, s_name = f"{best['tokens_per_s'] / s['tokens_per_s']:.3f}x", describe(s)
-        else:
-            vs_single, s_name = "-", "-"
-        lines.append((trace.removesuffix(".npz"), model, hw, describe(best), f"{best['tokens_per_s']:.1f}",
-                      f"{best['speedup_vs_ar']:.3f}x", vs_single, s_name))
+    for (trace, model, _, _, _, hw), rs in groups.items():
+        info = traces.get(trace, {})
+        ar = _best([r for r in rs if r["policy"] == "ar"])
+        single = _best([r for r in rs if r["policy"] in single_depth])
+        dex = _best([r for r in rs if r["policy"] == "dex"])
+        name = trace.removesuffix(".npz") + (" (synthetic)" if info.get("synthetic") else "")
+        cells = [name, model, hw, f"{info['ceiling']:.2f}x" if "ceiling" in info else "-",
+                 f"{ar['tokens_per_s']:.1f}" if ar else "-"]
+        for r in (single, dex):
+            cells += [describe(r), f"{r['speedup_vs_ar']:.3f}x"] if r else ["-", "-"]
+        cells.append(f"{dex['tokens_per_s'] / single['tokens_per_s']:.3f}x" if dex and single else "-")
+        lines.append(tuple(cells))
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
-    right = {4, 5, 6}
+    right = {3, 4, 6, 8, 9}
 
     def fmt(line):
         cells = (c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))

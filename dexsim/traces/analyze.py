@@ -28,6 +28,19 @@ def stable_ead_indices(exit_tokens: np.ndarray, final: np.ndarray) -> np.ndarray
     return D - trailing
 
 
+def ceiling(trace: Trace) -> float:
+    """L / mean EAD: the speedup if every token were committed at its earliest exit depth for free."""
+    return trace.L / float(trace.depths[ead_indices(trace.exit_tokens, trace.final)].astype(np.float64).mean())
+
+
+def settle_order(trace: Trace) -> list[int]:
+    """The recorded depths below L where tokens settle (their stable EAD), most tokens first (ties:
+    the shallower first): the order `settle:N` exit sets take them in."""
+    counts = np.bincount(stable_ead_indices(trace.exit_tokens, trace.final), minlength=len(trace.depths))
+    below = [i for i in range(len(trace.depths)) if trace.depths[i] < trace.L and counts[i] > 0]
+    return [int(trace.depths[i]) for i in sorted(below, key=lambda i: (-counts[i], i))]
+
+
 def wrong_change_rate(trace: Trace) -> float:
     """Per-layer rate at which a wrong exit token changes between consecutive depths that are both wrong.
 

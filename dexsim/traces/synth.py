@@ -25,7 +25,7 @@ from dexsim.traces.format import ARRAYS, Trace, heads_ok, load_trace, make_meta,
 # the wrong tokens and the exit tokens (int64), the exit tokens as stored (int32), the confidence
 # logits (float64) and the confidences as stored (float16).
 CELL_BYTES = 1 + 8 + 8 + 4 + 8 + 2
-EAD_FORMS = "fixed:D, uniform:LO,HI, beta:A,B[,LATE], two-point:E,ALPHA or empirical:TRACE.npz"
+EAD_FORMS = "fixed:D, uniform:LO,HI, beta:A,B[,LATE], two-point:E,ALPHA, points:D1=P1,D2=P2,... or empirical:TRACE.npz"
 
 
 def _numbers(spec: str, arg: str, count: int, expected: str) -> list[float]:
@@ -68,6 +68,16 @@ def sample_ead(spec: str, rng: np.random.Generator, n: int, L: int) -> np.ndarra
         if not 0 <= alpha <= 1:
             raise UserError(f"--ead {spec!r}: ALPHA must be in [0, 1]")
         return np.where(rng.random(n) < alpha, _layer(spec, e, L), L)
+    if kind == "points":  # EAD at D_i with probability P_i, at L otherwise: a profile known by construction
+        try:
+            pairs = [(float(d), float(q)) for d, q in (x.split("=") for x in arg.split(","))]
+        except ValueError:
+            raise UserError(f"--ead {spec!r}: expected points:D1=P1,D2=P2,...") from None
+        depths = [_layer(spec, d, L) for d, _ in pairs]
+        probs = np.array([q for _, q in pairs])
+        if (probs < 0).any() or probs.sum() > 1 + 1e-9:
+            raise UserError(f"--ead {spec!r}: probabilities must be >= 0 and sum to at most 1")
+        return np.array([*depths, L])[rng.choice(len(depths) + 1, n, p=np.append(probs, max(0.0, 1 - probs.sum())))]
     if kind == "empirical":
         try:
             source = load_trace(arg)

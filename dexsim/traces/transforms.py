@@ -39,6 +39,19 @@ def first_seqs(trace: Trace, n: int | None) -> Trace:
                     prompt_len=trace.prompt_len[:n].copy())
 
 
+def pick_seqs(trace: Trace, seqs) -> Trace:
+    """The trace of the sequences `seqs` (indices, in the order given): a sample of a trace, such as the
+    half `tune` searches on and the half it holds out."""
+    seqs = np.asarray(seqs, np.int64)
+    if seqs.size == 0 or seqs.min() < 0 or seqs.max() >= trace.n_seqs:
+        raise UserError(f"{trace.path or 'trace'}: sequences {seqs.tolist()[:4]}...: not in 0..{trace.n_seqs - 1}")
+    starts, ends = trace.seq_offsets[seqs], trace.seq_offsets[seqs + 1]
+    rows = np.concatenate([np.arange(a, b) for a, b in zip(starts, ends)])
+    return _derived(trace, {"seqs": seqs.tolist()}, final=trace.final[rows], exit_tokens=trace.exit_tokens[rows],
+                    exit_conf=trace.exit_conf[rows], seq_offsets=np.r_[0, np.cumsum(ends - starts)].astype(np.int64),
+                    prompt_len=trace.prompt_len[seqs].copy())
+
+
 def at_depths(trace: Trace, depths) -> Trace:
     """The trace as if only `depths` (a subset of its own, with L) had been recorded."""
     cols = np.searchsorted(trace.depths, depths)

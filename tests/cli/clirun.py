@@ -48,7 +48,7 @@ def run_cli(prog: str, argv: list) -> Run:
 
 def error_line(run: Run) -> str:
     """The one stderr line of a refused run (progress bars, which redraw with '\\r', are not lines)."""
-    lines = [x for x in run.err.replace("\r", "\n").split("\n") if x.strip() and not x.startswith("sweep:")]
+    lines = [x for x in run.err.replace("\r", "\n").split("\n") if x.strip() and not x.startswith(("sweep:", "tune:"))]
     assert len(lines) == 1, f"{run.argv}: expected one stderr line, got {lines}"
     assert lines[0].startswith("error: "), lines
     return lines[0]

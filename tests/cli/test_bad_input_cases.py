@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -405,3 +406,45 @@ def test_viz_sweep_text_column_holding_a_list(work, results):
 
 def test_sweep_traces_matching_only_a_folder(work):
     refused("dexsim", ["sweep", "--traces", f"{work}/", *SW, "--out", work / "r-folder"], "--traces")
+
+
+# ---------------------------------------------------------------------------- tune (issue 17)
+
+TUNE = ["tune", "--gpu", "a100-sxm4-80gb", "--trials", "2"]
+
+
+@pytest.mark.parametrize("argv, names", [
+    (["--objective", "speed"], ["--objective", "speed"]),
+    (["--trials", "0"], ["--trials"]),
+    (["--exits", "5,12"], ["--exits", "depth 5", "small.npz"]),
+    (["--exit", "5"], ["--exit 5", "small.npz"]),
+    (["--objective", "p99"], ["--objective", "--scheduler des"]),
+    (["--policies", "oracle-select"], ["--policies", "oracle-select"]),
+    (["--explorers", "0"], ["--explorers"]),
+    (["--max-seqs", "1"], ["--max-seqs"]),
+    (["--model", "nope"], ["--model"]),
+])
+def test_tune_bad_flags(trace, tmp_path, argv, names):
+    refused("dexsim", [*TUNE, "--trace", trace, "--out", tmp_path / "t", *argv], *names)
+    assert not (tmp_path / "t").exists()
+
+
+def test_tune_without_trace_or_gpu(trace, tmp_path):
+    refused("dexsim", ["tune", "--gpu", "a100-sxm4-80gb", "--out", tmp_path], "--trace")
+    refused("dexsim", ["tune", "--trace", trace, "--out", tmp_path], "--gpu")
+
+
+@pytest.mark.parametrize("command", ["tune", "sweep"])
+def test_an_unreachable_dask_scheduler_is_one_line_quickly(trace, tmp_path, command):
+    pytest.importorskip("distributed")
+    argv = ([*TUNE, "--trace", trace] if command == "tune" else ["sweep", "--traces", trace, *SW])
+    started = time.monotonic()
+    refused("dexsim", [*argv, "--out", tmp_path / "d", "--dask", "tcp://127.0.0.1:1"], "--dask", "tcp://127.0.0.1:1")
+    assert time.monotonic() - started < 30
+
+
+def test_sweep_exit_set_no_trace_records(trace, tmp_path):
+    # small.npz records every 6th layer: an explicit exit set of other depths is a mistake, not a silent skip
+    refused("dexsim", ["sweep", "--traces", trace, "--policies", "ar,dex", "--explorers", "4", "--exits", "5,10",
+                       "--gpus", "a100-sxm4-80gb", "--pp", "1", "--scheduler", "lockstep", "--jobs", "1",
+                       "--out", tmp_path], "--exits", "5,10")

@@ -211,10 +211,40 @@ def test_max_seqs_replays_the_first_sequences_and_is_in_the_key(traces, tmp_path
     assert first_seqs(trace, 5) is trace
 
 
-def test_default_traces_are_the_recorded_ones_and_exist():
+def test_default_traces_are_the_recorded_ones_the_trained_heads_and_a_synthetic_one_and_exist():
+    # issue 17: the first run shows where DEX wins (trained exit heads; an early-exit-trained synthetic
+    # profile, labelled synthetic) and where it does not (the logit-lens recordings)
     root = Path(grid.__file__).resolve().parents[2]
     paths = grid.default_traces_glob().split(",")
-    assert len(paths) == len(grid.DEFAULT_TRACES) >= 3
+    assert len(paths) == len(grid.DEFAULT_TRACES) >= 5
+    kinds = []
     for path in paths:
         t = grid.loaded(str(root / path) if not os.path.isabs(path) else path)
-        assert not t.meta["synthetic"] and t.meta["heads"] == "lens" and t.n_seqs >= grid.SweepConfig.max_seqs
+        assert t.n_seqs >= grid.SweepConfig.max_seqs
+        kinds.append((t.meta["synthetic"], t.meta["heads"].split(":")[0]))
+    assert kinds.count((False, "lens")) >= 3 and (False, "trained") in kinds and kinds.count((True, "lens")) == 1
+
+
+def test_the_summary_answers_ar_best_single_best_dex_and_the_ceiling(traces, tmp_path, capsys, monkeypatch):
+    from dexsim.cli import sweep as sweep_cli
+    monkeypatch.setattr(sweep_cli, "PLOTS_BY_DEFAULT", True)
+    argv = ["sweep", "--traces", traces, "--out", str(tmp_path), "--policies", "ar,layerskip,dex",
+            "--exits", "all,settle:2", "--explorers", "2", "--gpus", "l4-24gb", "--pp", "1,4",
+            "--scheduler", "lockstep,des", "--jobs", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    head = next(line for line in out.splitlines() if line.startswith("trace "))
+    for column in ("L/EAD", "ar tok/s", "best single-depth", "best dex", "vs single"):
+        assert column in head
+    rows = json.loads((tmp_path / "sweep.json").read_text())
+    for name in ("a", "b"):
+        t = grid.loaded(str(Path(traces).parent / f"{name}.npz"))
+        ceiling = t.L / t.depths[(t.exit_tokens == t.final[:, None]).argmax(axis=1)].mean()
+        lines = [line for line in out.splitlines() if line.startswith(f"{name} (synthetic)")]
+        assert len(lines) == 4 and all(f"{ceiling:.2f}x" in line for line in lines)
+        dex = [r for r in rows if r["trace"] == f"{name}.npz" and r["policy"] == "dex"]
+        best = max(dex, key=lambda r: r["tokens_per_s"] if r["pp"] == 4 and r["scheduler"] == "des" else 0)
+        assert f"{best['speedup_vs_ar']:.3f}x" in out  # shown even when below 1
+        settle = [r for r in dex if r["exits"] == "settle:2"]
+        assert settle  # settle:2 resolved on each trace
+    assert "plot: " in out and list((tmp_path / "plots").glob("*.png"))
