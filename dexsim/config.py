@@ -5,7 +5,8 @@ makes its argparse flags and `from_args` builds it from the parsed flags, once, 
 code takes the dataclass and never sees argparse. `Parser` and `run` are the one argparse front end
 of every CLI here (dexsim, dexref, viz, proofs): bad input is one line on stderr and exit status 2.
 The checks every command shares are here too: a seed's range (`parse_seed`), a size against this
-machine's memory before allocating (`check_fits`), an output path before long work (`check_writable`).
+machine's memory before allocating (`check_fits`), an output path before long work (`check_writable`),
+and the one way a file is written whole (`write_atomically`).
 """
 from __future__ import annotations
 
@@ -105,6 +106,7 @@ def check_writable(flag: str, path: str, *, folder: bool = False) -> str:
     else:
         if os.path.isdir(path):
             raise UserError(f"{flag} {path}: is a folder; name a file")
+        _check_regular(flag, path)
         where = os.path.dirname(os.path.abspath(path))
     while folder and not os.path.isdir(where) and os.path.dirname(where) != where:
         where = os.path.dirname(where)  # a folder still to be created: its nearest existing parent
@@ -117,6 +119,36 @@ def check_writable(flag: str, path: str, *, folder: bool = False) -> str:
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write in {where} ({e.strerror or e})") from None
     return path
+
+
+def _check_regular(flag: str | None, path: str) -> None:
+    # a file is written by renaming a new one over it: over /dev/null that would, as root, put a
+    # regular file where the device was
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise UserError(f"{flag + ' ' if flag else ''}{path}: not a regular file (a device, pipe or socket); "
+                        f"name a file")
+
+
+def write_atomically(path, write, flag: str | None = None) -> None:
+    """Write a file whole: `write(f)` fills a new file (binary) beside `path`, which is fsynced and renamed
+    over it, so a reader sees the old file or the new one, never half of one, and two writers never
+    share a temporary file. An existing target that is not a regular file is refused."""
+    path = os.fspath(path)
+    _check_regular(flag, path)
+    # open(..., "x") (unlike mkstemp) honours the umask
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise UserError(f"{flag + ' ' if flag else ''}{path}: cannot write ({e.strerror or e})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Parser(argparse.ArgumentParser):

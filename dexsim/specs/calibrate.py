@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dexsim.config import physical_memory
+from dexsim.config import physical_memory, write_atomically
 from dexsim.errors import UserError
 from dexsim.specs.catalog import cpu_profile_path
 from dexsim.specs.profile import FORMAT
@@ -98,13 +98,9 @@ def rates_profile(rates: dict) -> dict:
 def write_profile(profile: dict, path: Path | None = None) -> Path:
     flag = "--out" if path else "calibrate"
     path = Path(path) if path else cpu_profile_path()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(profile, indent=2) + "\n")
-        tmp.replace(path)  # atomic: a reader never sees half a profile
     except OSError as e:
-        if tmp.exists():
-            tmp.unlink()
         raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
+    write_atomically(path, lambda f: f.write((json.dumps(profile, indent=2) + "\n").encode()), flag)
     return path

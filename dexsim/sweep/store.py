@@ -19,7 +19,6 @@ import csv
 import io
 import json
 import os
-import secrets
 import socket
 import sys
 from datetime import datetime, timezone
@@ -27,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from dexsim.config import write_atomically
 from dexsim.errors import UserError
 from dexsim.sweep.rows import columns, row_problem
 
@@ -52,19 +52,9 @@ def _write_all(fd: int, data: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def _replace_file(path: Path, text: str) -> None:
-    """Write the whole file beside its target, fsync, rename: a reader sees the old file or the new.
-    The temporary name is this writer's own."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "x") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def replace_file(path: Path, text: str) -> None:
+    """The whole text file at once (config.write_atomically): a reader sees the old file or the new."""
+    write_atomically(path, lambda f: f.write(text.encode()))
 
 
 def _holder(folder: Path) -> str:
@@ -89,7 +79,7 @@ def lock_folder(folder: Path, flag: str = "--out") -> FileLock:
     holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv),
               "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     try:
-        _replace_file(folder / HOLDER, json.dumps(holder) + "\n")
+        replace_file(folder / HOLDER, json.dumps(holder) + "\n")
     except OSError as e:
         lock.release()
         raise UserError(f"{flag} {folder}: cannot write ({e.strerror or e})") from None
@@ -170,10 +160,10 @@ class RowStore:
         return rows
 
     def _rewrite(self, rows: list[dict], with_json: bool) -> None:
-        _replace_file(self.jsonl, _jsonl_text(rows))
-        _replace_file(self.csv, _csv_text(rows, header=True))
+        replace_file(self.jsonl, _jsonl_text(rows))
+        replace_file(self.csv, _csv_text(rows, header=True))
         if with_json:
-            _replace_file(self.json, json.dumps(rows, indent=1) + "\n")
+            replace_file(self.json, json.dumps(rows, indent=1) + "\n")
 
     def append(self, rows: list[dict]) -> None:
         """Whole lines, one write per file, fsynced; jsonl (the record) first."""

@@ -47,7 +47,7 @@ from dexsim.sweep.pool import Pool
 from dexsim.sweep.rows import make_rows, run_job
 from dexsim.traces.analyze import settle_order
 from dexsim.traces.transforms import pick_seqs
-from dexsim.sweep.store import _replace_file, lock_folder, unlock_folder
+from dexsim.sweep.store import replace_file, lock_folder, unlock_folder
 
 # objective -> (result column, direction)
 OBJECTIVES = {"tokens_per_s": ("tokens_per_s", "maximize"), "p50": ("p50_token_latency_s", "minimize"),
@@ -468,8 +468,8 @@ def write_trials(out: Path, rows: list[dict]) -> None:
     w = csv.DictWriter(buf, fieldnames=TRIAL_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    _replace_file(out / TRIALS_CSV, buf.getvalue())
-    _replace_file(out / TRIALS_JSON, json.dumps(rows, indent=1) + "\n")
+    replace_file(out / TRIALS_CSV, buf.getvalue())
+    replace_file(out / TRIALS_JSON, json.dumps(rows, indent=1) + "\n")
 
 
 def best_per_family(s: Setting, study, optuna, pool: Pool) -> tuple[list[dict], int]:
@@ -547,7 +547,7 @@ def tune(s: Setting, *, bar_factory=None, on_start=None) -> dict:
                   "replays": {"search": sum(r["replays"] for r in rows), "this_run": search.replays,
                               "held_out": held_replays},
                   "best": entries}
-        _replace_file(out / BEST_JSON, json.dumps(result, indent=1) + "\n")
+        replace_file(out / BEST_JSON, json.dumps(result, indent=1) + "\n")
         return result
     finally:
         unlock_folder(out, lock)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
+from dexsim.config import write_atomically
 from dexsim.specs.catalog import get_model
 from dexsim.errors import UserError
 
@@ -268,16 +268,4 @@ def save_trace(trace: Trace, path: str | os.PathLike):
     trace.meta["sha256"] = trace_checksum(trace)
     validate(trace)
     arrays = {name: np.ascontiguousarray(getattr(trace, name), dtype=dt) for name, dt in ARRAYS.items()}
-    # a unique name beside the target, so os.replace is atomic; open() (unlike mkstemp) honours the umask
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            np.savez_compressed(f, **arrays, meta=np.array(json.dumps(trace.meta)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, lambda f: np.savez_compressed(f, **arrays, meta=np.array(json.dumps(trace.meta))))

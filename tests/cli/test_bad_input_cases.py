@@ -448,3 +448,17 @@ def test_sweep_exit_set_no_trace_records(trace, tmp_path):
     refused("dexsim", ["sweep", "--traces", trace, "--policies", "ar,dex", "--explorers", "4", "--exits", "5,10",
                        "--gpus", "a100-sxm4-80gb", "--pp", "1", "--scheduler", "lockstep", "--jobs", "1",
                        "--out", tmp_path], "--exits", "5,10")
+
+
+def test_an_output_that_is_not_a_regular_file_is_refused_and_left_alone(trace, tmp_path):
+    """Files are written whole by renaming a new one over the target: over a device or a pipe that would
+    replace it (as root, /dev/null itself became a regular file). Refused before any work, untouched."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for prog, argv in [("dexsim", ["synth", "--model", "smollm2-135m", "--seqs", "1", "--tokens", "2", "--out", fifo]),
+                       ("dexsim", ["replay", "--trace", trace, "--policy", "ar", "--events", fifo]),
+                       ("dexsim", ["synth", "--model", "smollm2-135m", "--seqs", "1", "--tokens", "2",
+                                   "--out", "/dev/null"])]:
+        run = run_cli(prog, argv)
+        assert run.rc == 2 and "not a regular file" in error_line(run), run.err
+    assert fifo.is_fifo() and Path("/dev/null").is_char_device()
