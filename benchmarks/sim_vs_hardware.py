@@ -30,7 +30,6 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dexsim import depths as depth_sets  # noqa: E402
 from dexsim.core import registry  # noqa: E402
 from dexsim.hardware import pricing  # noqa: E402
 from dexsim.replay import hindsight  # noqa: E402
@@ -38,6 +37,7 @@ from dexsim.replay.executor import replay  # noqa: E402
 from dexsim.specs.catalog import DTYPE_BYTES  # noqa: E402
 from dexsim.hardware import cost  # noqa: E402
 from dexsim.specs.profile import load_profile, rates_entry  # noqa: E402
+from dexsim.traces.analyze import exit_set  # noqa: E402
 from dexsim.traces.format import load_trace  # noqa: E402
 from dexsim.traces.transforms import first_seqs, first_tokens, for_model  # noqa: E402
 
@@ -76,7 +76,7 @@ def policies_for(trace, profile, model_name, heads, dtype, gpu):
     out = []
     for name, given in POLICIES:
         params = dict(given)
-        exits = depth_sets.on_trace(params.pop("exits", "all"), trace.L, trace.depths)
+        exits = exit_set(trace, params.pop("exits", "all"))
         if name == "oracle-select":
             cands = hindsight.candidates(trace, name, exits)
             model, hw = priced_on(trace, model_name, heads, dtype, gpu, profile)

@@ -346,7 +346,7 @@ def cmd_profile(args) -> int:
 
 
 def cmd_emulate(args) -> int:
-    from dexsim import depths as depth_sets
+    from dexsim.traces.analyze import exit_set
     from dexsim.traces.format import load_trace
     from dexsim.traces.transforms import first_seqs, first_tokens, for_model
 
@@ -367,7 +367,7 @@ def cmd_emulate(args) -> int:
     if positions > model.args.max_len:
         raise UserError(f"{trace.path}: sequences of up to {positions} positions exceed the context of "
                         f"{shape['name']} ({model.args.max_len})")
-    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths)
+    exits = exit_set(trace, cfg.params["exits"])
     policy = registry.make_policy(cfg.name, trace.L, exits=exits, depths=trace.depths, **cfg.own())
     from tqdm import tqdm
 

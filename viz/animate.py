@@ -25,8 +25,7 @@ import numpy as np
 from dexsim import config
 from dexsim.errors import UserError
 from dexsim.core import registry
-from dexsim.depths import on_trace
-from dexsim.traces.analyze import settle_order
+from dexsim.traces.analyze import exit_set
 from dexsim.traces.format import load_trace
 
 from . import player, source
@@ -94,7 +93,7 @@ def runs_from_args(args) -> list[source.RunLog]:
     total = int(np.diff(trace.seq_offsets)[args.seq])
     args.tokens = check_range(args.start, args.tokens, total)
     cfg = registry.policy_config(args)
-    exits = on_trace(cfg.params["exits"], trace.L, trace.depths, where=trace.path, order=settle_order(trace))
+    exits = exit_set(trace, cfg.params["exits"])
     runs = []
     for name in names:
         if registry.get(name).hindsight:

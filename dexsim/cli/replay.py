@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import sys
 
-from dexsim import depths as depth_sets
 from dexsim import config
 from dexsim.config import add_flags, from_args
 from dexsim.core import registry
@@ -19,7 +18,7 @@ from dexsim.hardware.pricing import HardwareConfig
 from dexsim.des.simulate import SchedulerConfig
 from dexsim.replay import hindsight
 from dexsim.replay.executor import replay, result, save_events
-from dexsim.traces.analyze import settle_order
+from dexsim.traces.analyze import exit_set
 from dexsim.traces.format import load_trace
 from dexsim.traces.transforms import for_model
 
@@ -29,8 +28,7 @@ def cmd_replay(args) -> int:
     trace, rescaled = for_model(load_trace(args.trace), hw_cfg.model)
     priced_on = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), trace.path, trace.L,
                                arch=trace.meta.get("arch"))
-    exits = depth_sets.on_trace(cfg.params["exits"], trace.L, trace.depths, where=trace.path,
-                               order=settle_order(trace))
+    exits = exit_set(trace, cfg.params["exits"])
     if cfg.spec.hindsight:
         policies = hindsight.candidates(trace, cfg.name, exits, **cfg.own())
     else:

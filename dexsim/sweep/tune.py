@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dexsim import depths as depth_sets
 from dexsim.config import check_writable, csv_list, option, parse_seed
 from dexsim.core import registry
 from dexsim.core.params import PARAMS
@@ -45,7 +44,7 @@ from dexsim.hardware.pricing import HardwareConfig
 from dexsim.sweep.grid import Job, RowSpec, _job, loaded, prepared
 from dexsim.sweep.pool import Pool
 from dexsim.sweep.rows import make_rows, run_job
-from dexsim.traces.analyze import settle_order
+from dexsim.traces.analyze import exit_set, settle_order
 from dexsim.traces.transforms import pick_seqs
 from dexsim.sweep.store import replace_file, lock_folder, unlock_folder
 
@@ -153,7 +152,7 @@ def resolve(cfg: TuneConfig, hw_cfg: HardwareConfig) -> Setting:
     trace, rescaled = prepared(cfg.trace, max_tokens, hw_cfg.model, max_seqs, flag="--model")
     model, hw = hw_cfg.resolve(trace.meta.get("model"), trace.meta.get("heads", "lens"), cfg.trace, trace.L,
                                arch=trace.meta.get("arch"))
-    pool = depth_sets.on_trace(cfg.exits, trace.L, trace.depths, "--exits", cfg.trace, settle_order(trace))
+    pool = exit_set(trace, cfg.exits)
     L = trace.L
     if cfg.scheduler == "des":
         des.parse_load(cfg.arrival, cfg.requests, hw.batch, cfg.seed)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dexsim.depths import on_trace
 from dexsim.errors import UserError
 from dexsim.traces.format import Trace
 from dexsim.traces.transforms import at_depths
@@ -39,6 +40,12 @@ def settle_order(trace: Trace) -> list[int]:
     counts = np.bincount(stable_ead_indices(trace.exit_tokens, trace.final), minlength=len(trace.depths))
     below = [i for i in range(len(trace.depths)) if trace.depths[i] < trace.L and counts[i] > 0]
     return [int(trace.depths[i]) for i in sorted(below, key=lambda i: (-counts[i], i))]
+
+
+def exit_set(trace: Trace, spec: str, flag: str = "--exits") -> np.ndarray:
+    """The exit set `spec` names on this trace (`all`, `every:N`, `settle:N`, `d1,d2,...`: dexsim/depths.py),
+    the one reading every command shares, so that replay, tune, emulate and animate agree."""
+    return on_trace(spec, trace.L, trace.depths, flag, trace.path, settle_order(trace))
 
 
 def wrong_change_rate(trace: Trace) -> float:

@@ -22,6 +22,7 @@ from dexsim.hardware import pricing  # noqa: E402
 from dexsim.replay import hindsight  # noqa: E402  (oracle-select's candidates)
 from dexsim.replay.executor import replay  # noqa: E402
 from dexsim.specs.profile import load_profile  # noqa: E402
+from dexsim.traces.analyze import exit_set  # noqa: E402
 from dexsim.traces.format import load_trace  # noqa: E402
 from dexsim.traces.transforms import first_seqs, first_tokens  # noqa: E402
 
@@ -109,16 +110,20 @@ def test_emulation_computes_what_the_core_schedules():
     assert run.counters["weight_loads"] <= seen["calls"] <= run.counters["node_layers"]
 
 
-def test_emulate_cli_reports_the_replays_counters_and_wall_clock(tmp_path):
-    argv = ["--trace", "traces/smollm2-135m-trained-humaneval-raw.npz", "--policy", "dex", "-k", "2", "--buffer", "3"]
-    run = run_cli("dexref", ["emulate", *argv, "--shape", "smollm2-135m", "--max-seqs", "1", "--max-tokens", "2",
+@pytest.mark.parametrize("exits", ["all", "settle:2"])
+def test_emulate_cli_reports_the_replays_counters_and_wall_clock(tmp_path, exits):
+    argv = ["--trace", "traces/smollm2-135m-trained-humaneval-raw.npz", "--policy", "dex", "-k", "2", "--buffer", "3",
+            "--exits", exits]
+    run = run_cli("dexref", ["emulate", *argv, "--shape", "smollm2-135m", "--max-seqs", "1", "--max-tokens", "4",
                              "--threads", "1", "--json"])
     check_clean(run)
     assert run.rc == 0, run.err
     out = json.loads(run.out)
-    trace = first_tokens(first_seqs(load_trace(argv[1]), 1), 2)
-    policy = registry.make_policy("dex", trace.L, exits=trace.depths, depths=trace.depths, explorers=2, buffer=3)
+    trace = first_tokens(first_seqs(load_trace(argv[1]), 1), 4)
+    policy = registry.make_policy("dex", trace.L, exits=exit_set(trace, exits), depths=trace.depths, explorers=2,
+                                  buffer=3)
     assert {k: out[k] for k in replay(trace, policy).counters.totals()} == replay(trace, policy).counters.totals()
+    assert out["exits"] == ",".join(map(str, exit_set(trace, exits)))
     assert out["output_matches_trace"] and out["tokens_per_s"] > 0 and out["device"] == "cpu"
 
 
