@@ -53,6 +53,9 @@ BATCHES = (1, 2, 4, 8, 16, 32)
 RATES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 0.75, 1.0, 1.25, 1.5)  # x AR's saturation rate: near idle to overload
 METRICS = {"tokens_per_s": True, "p50_token_latency_s": False, "p99_token_latency_s": False}  # higher is better?
 METHODS = ("ar", "single", "dex")
+# An advantage smaller than this at the first point is none: under Poisson arrivals every method's
+# throughput is the offered load (to within the sampling of the arrivals) until it saturates.
+MIN_ADVANTAGE = 0.01
 POINT_COLUMNS = ("trace", "setting", "axis", "x", "method", "configuration", "batch", "arrival", "requests",
                  "tokens", *METRICS, "speedup_vs_ar")
 
@@ -138,9 +141,10 @@ def advantage(dex: float, other: float, higher_better: bool) -> float:
     return (dex - other) / top if higher_better else (other - dex) / top
 
 
-def crossover(xs: list, adv: list) -> dict:
-    """Where a positive advantage first reaches zero along xs (increasing, positive), interpolated in log x."""
-    if adv[0] <= 0:
+def crossover(xs: list, adv: list, least: float = MIN_ADVANTAGE) -> dict:
+    """Where DEX's advantage, above `least` at the first point, first reaches zero along xs (increasing,
+    positive), interpolated in log x."""
+    if adv[0] <= least:
         return {"x": None, "note": f"none: no advantage at the first point ({adv[0]:+.1%})"}
     for (x0, a0), (x1, a1) in zip(zip(xs, adv), zip(xs[1:], adv[1:])):
         if a1 <= 0:
@@ -163,6 +167,30 @@ def crossovers(points: list) -> list[dict]:
                 out.append({"trace": trace, "setting": label, "axis": axis, "metric": metric, "versus": other,
                             "advantage": adv, **crossover(xs, adv)})
     return out
+
+
+def table(result: dict) -> str:
+    """The crossovers as a Markdown table: a row per trace, setting and rival; the batch size and the
+    arrival rate (requests/s, and as a multiple of AR's saturation rate) where each advantage vanishes."""
+    sat = {(s["trace"], s["setting"]): s["ar_saturation_qps"] for s in result["settings"]}
+    cols = [("batch", m) for m in METRICS] + [("rate", m) for m in METRICS]
+    short = {"tokens_per_s": "tok/s", "p50_token_latency_s": "p50", "p99_token_latency_s": "p99"}
+    head = ["trace", "setting", "DEX vs"] + [f"{a} {short[m]}" for a, m in cols]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    by = {(c["trace"], c["setting"], c["versus"], c["axis"], c["metric"]): c for c in result["crossovers"]}
+    for trace, label in sat:
+        for versus in ("ar", "single"):
+            cells = []
+            for axis, metric in cols:
+                c = by[trace, label, versus, axis, metric]
+                if c["x"] is None:
+                    cells.append("none in range" if "in range" in c["note"] else f"no gain ({c['advantage'][0]:+.0%})")
+                elif axis == "rate":
+                    cells.append(f"{c['x']:.3g} ({c['x'] / sat[trace, label]:.2g}x)")
+                else:
+                    cells.append(f"{c['x']:.2g}")
+            lines.append("| " + " | ".join([trace.removesuffix(".npz"), label, versus, *cells]) + " |")
+    return "\n".join(lines)
 
 
 def write(out: Path, result: dict) -> None:
@@ -222,6 +250,7 @@ def main():
     for c in result["crossovers"]:
         print(f"{c['trace']:45s} {c['setting']:17s} {c['axis']:5s} {c['metric']:20s} vs {c['versus']:6s} "
               f"{'-' if c['x'] is None else format(c['x'], '.3g'):>7s}  {c['note']}")
+    print(table(result))
     print(out / "load_curves.json")
 
 

@@ -74,6 +74,8 @@ def test_crossovers_agree_with_the_points(curves):
         want = [lc.advantage(at["dex", x][c["metric"]], at[c["versus"], x][c["metric"]], higher) for x in xs]
         assert c["advantage"] == pytest.approx(want)
         assert c == {**c, **lc.crossover(xs, want)}
+    rows = lc.table(result).splitlines()
+    assert len(rows) == 2 + 2 * len(lc.SETTINGS) and all(r.count("|") == 10 for r in rows)
 
 
 def test_crossover_is_interpolated_in_log_x():
@@ -84,6 +86,7 @@ def test_crossover_is_interpolated_in_log_x():
     assert lc.crossover([1, 2, 4], [0.3, 0.2, 0.1])["x"] is None
     assert "none in range" in lc.crossover([1, 2, 4], [0.3, 0.2, 0.1])["note"]
     assert "no advantage at the first point" in lc.crossover([1, 2], [-0.1, 0.2])["note"]
+    assert lc.crossover([1, 2], [0.005, -0.1])["x"] is None  # under MIN_ADVANTAGE: sampling, not a gain
     # a latency of 0 (tokens committed in one burst) is still an answer, not a division by zero
     assert lc.advantage(0.0, 0.01, False) == 1.0 and lc.advantage(0.01, 0.0, False) == -1.0
     assert lc.advantage(0.0, 0.0, False) == 0.0 and lc.advantage(3.0, 2.0, True) == pytest.approx(1 / 3)
