@@ -60,8 +60,9 @@ POINT_COLUMNS = ("trace", "setting", "axis", "x", "method", "configuration", "ba
                  "tokens", *METRICS, "speedup_vs_ar")
 
 
-FAMILIES = {"single": "layerskip,adaptive", "dex": "dex"}  # one study each: a tune over all three
-# families stops proposing DEX once a few of its trials are pruned on one device, leaving no winner
+# One search each: a search over all three families stops proposing DEX once its first trials are
+# pruned (on one device), leaving DEX without a winner.
+FAMILIES = {"single": "layerskip,adaptive", "dex": "dex"}
 
 
 def winners(path: str, pp: int, trials: int, folder: Path, max_tokens: int, seed: int) -> tuple:
