@@ -1,4 +1,4 @@
-"""`python -m viz`: lattice animations and plots, one subcommand per module (`animate`, `sweep`, `trace`, `tune`).
+"""`python -m viz`: lattice animations and plots, one subcommand per module (`animate`, `sweep`, `trace`, `tune`, `load`).
 
 As in `python -m dexsim`: a user error (bad file, field, flag or output path) ends the command with one
 line on stderr and exit status 2.
@@ -11,7 +11,7 @@ import importlib
 from dexsim.config import Parser, run
 
 # Each module here has `register(subparsers)`, which adds its subcommand with a `func(args)`.
-COMMAND_MODULES = ["animate", "plots", "traceplot", "tuneplot"]
+COMMAND_MODULES = ["animate", "plots", "traceplot", "tuneplot", "loadplot"]
 
 
 def build_parser() -> argparse.ArgumentParser:

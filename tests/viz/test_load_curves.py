@@ -1,0 +1,134 @@
+"""benchmarks/load_curves.py's core (tune, curves, crossovers) on a tiny synthetic trace, and `python -m
+viz load` on its output; bad input is one line and exit status 2."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from dexsim.traces.format import save_trace
+from dexsim.traces.synth import synth_trace
+from viz import loadplot
+from viz.cli import main
+from viz.output import new_figure
+
+pytest.importorskip("optuna")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("load_curves", ROOT / "benchmarks" / "load_curves.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def curves(tmp_path_factory):
+    d = tmp_path_factory.mktemp("load")
+    save_trace(synth_trace("gemma3-270m", 4, 8, depths="every:3", ead="beta:1.2,2", seed=3), d / "tiny.npz")
+    lc = _bench()
+    result = lc.run([str(d / "tiny.npz")], 3, [1, 2, 4], [0.5, 1.0], 4, 4, d / "out", max_tokens=8, log=lambda _: None)
+    lc.write(d / "out", result)
+    return lc, result, d / "out" / "load_curves.json"
+
+
+def test_curves_cover_every_method_point_and_setting(curves):
+    lc, result, path = curves
+    pts = result["points"]
+    assert {p["setting"] for p in pts} == set(lc.SETTINGS)
+    for setting in lc.SETTINGS:
+        at = {(p["axis"], p["x"], p["method"]): p for p in pts if p["setting"] == setting}
+        assert {(a, m) for a, _, m in at} == {(a, m) for a in ("batch", "rate") for m in lc.METHODS}
+        assert sorted({x for a, x, _ in at if a == "batch"}) == [1, 2, 4]
+        rates = sorted({x for a, x, _ in at if a == "rate"})
+        sat = next(s for s in result["settings"] if s["setting"] == setting)["ar_saturation_qps"]
+        # the rates are multiples of AR's saturation rate: its closed-loop throughput at the cap, per request
+        ar4 = at["batch", 4, "ar"]
+        assert sat == pytest.approx(ar4["tokens_per_s"] / (ar4["tokens"] / ar4["requests"]))
+        assert rates == pytest.approx([0.5 * sat, sat], rel=1e-3)
+        for (axis, x, m), p in at.items():
+            assert p["requests"] == 4 and p["tokens"] > 0 and p["tokens_per_s"] > 0
+            assert p["p99_token_latency_s"] >= p["p50_token_latency_s"] >= 0
+            if m == "ar":
+                assert p["speedup_vs_ar"] == pytest.approx(1.0)
+        # AR's closed-loop throughput grows with the batch (shared weight loads)
+        assert at["batch", 4, "ar"]["tokens_per_s"] > at["batch", 1, "ar"]["tokens_per_s"]
+        methods = next(s for s in result["settings"] if s["setting"] == setting)["methods"]
+        assert methods["dex"]["policy"] == "dex" and methods["single"]["policy"] in ("layerskip", "adaptive")
+    assert json.loads(path.read_text())["points"] == json.loads(json.dumps(pts))
+    assert (path.parent / "load_curves.csv").read_text().count("\n") == len(pts) + 1
+
+
+def test_crossovers_agree_with_the_points(curves):
+    lc, result, _ = curves
+    for c in result["crossovers"]:
+        at = {(p["method"], p["x"]): p for p in result["points"]
+              if (p["trace"], p["setting"], p["axis"]) == (c["trace"], c["setting"], c["axis"])}
+        xs = sorted({x for _, x in at})
+        higher = lc.METRICS[c["metric"]]
+        want = [lc.advantage(at["dex", x][c["metric"]], at[c["versus"], x][c["metric"]], higher) for x in xs]
+        assert c["advantage"] == pytest.approx(want)
+        assert c == {**c, **lc.crossover(xs, want)}
+    rows = lc.table(result).splitlines()
+    assert len(rows) == 2 + 2 * len(lc.SETTINGS) and all(r.count("|") == 10 for r in rows)
+
+
+def test_crossover_is_interpolated_in_log_x():
+    lc = _bench()
+    got = lc.crossover([1, 2, 4, 8], [0.2, 0.1, -0.1, -0.3])
+    assert got["x"] == pytest.approx(2 * math.sqrt(2))  # halfway between 2 and 4 in log x
+    assert lc.crossover([1, 2], [0.3, 0.0])["x"] == pytest.approx(2)
+    assert lc.crossover([1, 2, 4], [0.3, 0.2, 0.1])["x"] is None
+    assert "none in range" in lc.crossover([1, 2, 4], [0.3, 0.2, 0.1])["note"]
+    assert "no advantage at the first point" in lc.crossover([1, 2], [-0.1, 0.2])["note"]
+    assert lc.crossover([1, 2], [0.005, -0.1])["x"] is None  # under MIN_ADVANTAGE: sampling, not a gain
+    # a latency of 0 (tokens committed in one burst) is still an answer, not a division by zero
+    assert lc.advantage(0.0, 0.01, False) == 1.0 and lc.advantage(0.01, 0.0, False) == -1.0
+    assert lc.advantage(0.0, 0.0, False) == 0.0 and lc.advantage(3.0, 2.0, True) == pytest.approx(1 / 3)
+
+
+def test_viz_load_plots_every_trace_and_setting(curves, tmp_path, capsys):
+    lc, result, path = curves
+    assert main(["load", str(path), "--out", str(tmp_path / "png")]) == 0
+    written = capsys.readouterr().out.split()
+    assert sorted(Path(p).name for p in written) == ["load-tiny-1-device.png", "load-tiny-4-stage-pipeline.png"]
+    from PIL import Image
+    want = new_figure(loadplot.PANEL_W * 3, loadplot.PANEL_H * 2 + 0.8, loadplot.DPI).canvas.get_width_height()
+    for p in written:
+        with Image.open(p) as im:
+            assert im.size == want
+    # a crossover found is drawn on its panel
+    data = json.loads(path.read_text())
+    data["crossovers"][0]["x"] = 1.5
+    c = data["crossovers"][0]
+    fig = loadplot.load_figure(data, c["trace"], c["setting"])
+    row = [a for a, _ in loadplot.AXES].index(c["axis"])
+    col = [m for m, _, _ in loadplot.METRICS].index(c["metric"])
+    ax = fig.axes[row * 3 + col]
+    assert any(list(line.get_xdata()) == [1.5, 1.5] for line in ax.lines)
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "cannot read"),
+    ("{not json", "not JSON"),
+    ("[]", "no points"),
+    ('{"points": []}', "points: empty"),
+    ('{"points": [{"trace": "t", "setting": "s", "axis": "batch", "x": 1, "method": "ar", "configuration": "ar",'
+     ' "tokens_per_s": 1, "p50_token_latency_s": 0.1}]}', "field p99_token_latency_s"),
+    ('{"points": [{"trace": "t", "setting": "s", "axis": "load", "x": 1, "method": "ar", "configuration": "ar",'
+     ' "tokens_per_s": 1, "p50_token_latency_s": 0.1, "p99_token_latency_s": 0.2}]}', "field axis"),
+    ('{"points": [{"trace": "t", "setting": "s", "axis": "rate", "x": 0, "method": "ar", "configuration": "ar",'
+     ' "tokens_per_s": 1, "p50_token_latency_s": 0.1, "p99_token_latency_s": 0.2}]}', "field x"),
+])
+def test_bad_results_file_is_one_line_and_exit_2(tmp_path, capsys, content, message):
+    path = tmp_path / "load_curves.json"
+    if content is not None:
+        path.write_text(content)
+    assert main(["load", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and message in err and str(path) in err, err
