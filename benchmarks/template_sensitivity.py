@@ -1,15 +1,17 @@
 """Does the gain depend on the prompt template? Every bundled pair of traces of the same prompts, one
 recorded raw and one with the chat template, side by side: depth statistics and tuned best speedups.
 
-    python benchmarks/template_sensitivity.py [--trials 100] [--settings 'pp4 des,1 GPU lockstep']
+    python benchmarks/template_sensitivity.py [--trials 100] [--seeds 0,1,2] [--settings 'pp4 des,1 GPU lockstep']
         [--traces 'traces/*-raw.npz'] [--out results/template_sensitivity]
 
 A pair is `X-raw.npz` and `X-chat.npz` in the same folder; both must hold the same prompt ids (checked:
 `meta.recorder.params.prompt_ids`). For each template: `analyze` at the depths both files recorded
 (`analyze.compare`: mean EAD, ceiling L / mean EAD, mean stable EAD, match rate per depth), and, per
-hardware setting, `tune` (dexsim/sweep/tune.py, `--trials` trials, seed 0): DEX's best and the best
+hardware setting and seed, `tune` (dexsim/sweep/tune.py, `--trials` trials): DEX's best and the best
 single-depth family's (LayerSkip or adaptive, chosen in-sample), each as a speedup over AR on the half
-of the sequences the search saw and on the held-out half. Writes OUT/template_sensitivity.json (a run
+of the sequences the search saw and on the held-out half. The seed draws the halves (and the sampler):
+the table shows the mean over seeds and, for held-out figures, their range, so a difference between
+templates can be read against the spread that the split alone makes. Writes OUT/template_sensitivity.json (a run
 that is stopped continues where it left: finished rows are kept) and prints a markdown table.
 """
 import argparse
@@ -29,8 +31,8 @@ from dexsim.sweep.grid import loaded  # noqa: E402
 from dexsim.sweep.store import replace_file  # noqa: E402
 from dexsim.traces.analyze import compare  # noqa: E402
 
-SETTINGS = {"pp4 des": (dict(gpu="a100-sxm4-80gb", pp=4), "des"),
-            "1 GPU lockstep": (dict(gpu="a100-sxm4-80gb"), "lockstep")}
+SETTINGS = {"pp4 des": ({"gpu": "a100-sxm4-80gb", "pp": 4}, "des"),
+            "1 GPU lockstep": ({"gpu": "a100-sxm4-80gb"}, "lockstep")}
 TEMPLATES = ("raw", "chat")
 
 
@@ -58,35 +60,70 @@ def depth_figures(raw: str, chat: str) -> dict:
             **{t: {k: r[side][k] for k in keep} for t, side in zip(TEMPLATES, "ab")}}
 
 
-def tuned(path: str, label: str, trials: int, out: Path) -> dict:
-    """DEX's and the best single-depth family's tuned speedups over AR, in-sample and held out."""
+def tune_once(path: str, label: str, trials: int, seed: int, policies: str, out: Path) -> list[dict]:
+    """best.json's per-family entries of one tune of `policies`."""
     hw, sched = SETTINGS[label]
-    cfg = tuning.TuneConfig(trace=path, scheduler=sched, trials=trials, out=str(out))
-    s = tuning.resolve(cfg.checked(), HardwareConfig(**hw))
+    cfg = tuning.TuneConfig(trace=path, policies=policies, scheduler=sched, trials=trials, seed=seed, out=str(out))
+    return tuning.tune(tuning.resolve(cfg.checked(), HardwareConfig(**hw)))["best"]
+
+
+def best_of(entries: list[dict], single_depth: bool) -> dict | None:
+    """DEX's entry, or the best single-depth family's (chosen in-sample), if the tune completed one."""
+    found = [e for e in entries if e["single_depth"] == single_depth]
+    return max(found, key=lambda e: e["in_sample"]["value"]) if found else None
+
+
+def tuned(path: str, label: str, trials: int, seed: int, out: Path) -> dict:
+    """DEX's and the best single-depth family's tuned speedups over AR, in-sample and held out. One tune
+    searches every family; where it completed no trial of one side (the median pruner stops every DEX
+    trial when DEX loses to AR everywhere, as on one device), a tune of that side alone, same seed and
+    so the same halves, gives its best."""
     t0, load = time.perf_counter(), os.getloadavg()[0]
-    best = tuning.tune(s)["best"]
-    singles = [e for e in best if e["single_depth"]]
-    dex = next(e for e in best if e["policy"] == "dex")
-    single = max(singles, key=lambda e: e["in_sample"]["value"])
-    pick = ("speedup_vs_ar", "vs_single")
-    return {"dex": {"configuration": dex["configuration"], **{p: {k: dex[p][k] for k in pick}
-                                                              for p in ("in_sample", "held_out")}},
-            "single": {"configuration": single["configuration"],
-                       **{p: {"speedup_vs_ar": single[p]["speedup_vs_ar"]} for p in ("in_sample", "held_out")}},
-            "tune_s": time.perf_counter() - t0, "load": load}
+    entries = tune_once(path, label, trials, seed, ",".join(tuning.families()), out)
+    picked, alone = {}, []
+    for side, single, policies in (("dex", False, "dex"), ("single", True, "layerskip,adaptive")):
+        picked[side] = best_of(entries, single)
+        if picked[side] is None:
+            picked[side] = best_of(tune_once(path, label, trials, seed, policies, Path(f"{out}-{side}")), single)
+            alone.append(side)
+    ratio = {p: picked["dex"][p]["tokens_per_s"] / picked["single"][p]["tokens_per_s"]
+             for p in ("in_sample", "held_out")}
+    return {side: {"configuration": e["configuration"], "tuned_alone": side in alone,
+                   **{p: {"speedup_vs_ar": e[p]["speedup_vs_ar"], "tokens_per_s": e[p]["tokens_per_s"],
+                          **({"vs_single": ratio[p]} if side == "dex" else {})} for p in ("in_sample", "held_out")}}
+            for side, e in picked.items()} | {"tune_s": time.perf_counter() - t0, "load": load}
+
+
+def spread(values: list[float]) -> str:
+    """Mean over seeds, with the range when there are several."""
+    mean = sum(values) / len(values)
+    return f"{mean:.3f}x" if len(values) == 1 else f"{mean:.3f}x ({min(values):.3f}-{max(values):.3f})"
+
+
+def alone(tuned: list[dict], side: str) -> str:
+    """A mark where some seed's figure came from a tune of that side alone (see `tuned`)."""
+    n = sum(t[side].get("tuned_alone", False) for t in tuned)
+    return f" [{n} of {len(tuned)} tuned alone]" if n else ""
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| prompts, heads | template | tokens | mean EAD | L / mean EAD | setting | DEX in-sample | held-out "
-            "| best single-depth in-sample | held-out | DEX / single (held-out) |")
+    """One line per trace and setting: its depth figures, and its tuned speedups over the seeds."""
+    head = ("| prompts | heads | template | tokens | mean EAD | L / mean EAD | setting | DEX in-sample | DEX held-out "
+            "| best single-depth in-sample | single held-out | DEX / single, held-out |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    groups = {}
     for r in rows:
-        f, t = r["figures"], r["tuned"]
-        lines.append(f"| {r['pair']}, {f['heads']} | {r['template']} | {f['n_tokens']:,} | {f['mean_ead']:.2f} "
-                     f"| {f['ceiling_ead']:.3f}x | {r['setting']} | {t['dex']['in_sample']['speedup_vs_ar']:.3f}x "
-                     f"| {t['dex']['held_out']['speedup_vs_ar']:.3f}x "
-                     f"| {t['single']['in_sample']['speedup_vs_ar']:.3f}x ({t['single']['configuration']}) "
-                     f"| {t['single']['held_out']['speedup_vs_ar']:.3f}x | {t['dex']['held_out']['vs_single']:.3f} |")
+        groups.setdefault((r["trace"], r["setting"]), []).append(r)
+    for group in groups.values():
+        r, f = group[0], group[0]["figures"]
+        t = [g["tuned"] for g in group]
+        lines.append(f"| {r['pair']} | {f['heads'].split(':')[0]} | {r['template']} | {f['n_tokens']:,} "
+                     f"| {f['mean_ead']:.2f} | {f['ceiling_ead']:.3f}x | {r['setting']} "
+                     f"| {spread([g['dex']['in_sample']['speedup_vs_ar'] for g in t])}{alone(t, 'dex')} "
+                     f"| {spread([g['dex']['held_out']['speedup_vs_ar'] for g in t])} "
+                     f"| {spread([g['single']['in_sample']['speedup_vs_ar'] for g in t])}{alone(t, 'single')} "
+                     f"| {spread([g['single']['held_out']['speedup_vs_ar'] for g in t])} "
+                     f"| {spread([g['dex']['held_out']['vs_single'] for g in t])} |")
     return "\n".join(lines)
 
 
@@ -106,6 +143,7 @@ def match_table(rows: list[dict]) -> str:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated tune seeds (each draws its own halves)")
     ap.add_argument("--traces", default=str(ROOT / "traces/*-raw.npz"), help="comma-separated globs of X-raw.npz")
     ap.add_argument("--settings", default=",".join(SETTINGS))
     ap.add_argument("--out", default="results/template_sensitivity")
@@ -114,11 +152,15 @@ def main():
     for label in labels:
         if label not in SETTINGS:
             sys.exit(f"--settings: {label!r} is not one of {', '.join(SETTINGS)}")
+    try:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    except ValueError:
+        sys.exit(f"--seeds {args.seeds!r}: must be comma-separated integers")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = out / "template_sensitivity.json"
     rows = json.loads(result.read_text()) if result.exists() else []
-    seen = {(r["trace"], r["setting"], r["trials"]) for r in rows}
+    seen = {(r["trace"], r["trace_sha256"], r["setting"], r["trials"], r["seed"]) for r in rows}
     found = pairs(args.traces)
     if not found:
         sys.exit(f"--traces {args.traces}: no X-raw.npz with an X-chat.npz beside it")
@@ -126,26 +168,28 @@ def main():
         figures = depth_figures(raw, chat)
         pair = Path(raw).name[:-len("-raw.npz")]
         for template, path in zip(TEMPLATES, (raw, chat)):
+            sha = loaded(path).meta["sha256"]
             for label in labels:
-                if (Path(path).name, label, args.trials) in seen:
-                    continue
-                folder = out / f"{Path(path).stem}-{label.replace(' ', '_')}"
-                row = {"pair": pair, "template": template, "trace": Path(path).name,
-                       "trace_sha256": loaded(path).meta["sha256"], "setting": label, "trials": args.trials,
-                       "depths": figures["depths"], "figures": figures[template],
-                       "tuned": tuned(path, label, args.trials, folder)}
-                rows.append(row)
-                replace_file(result, json.dumps(rows, indent=1) + "\n")
-                t = row["tuned"]
-                print(f"{row['trace']:48s} {label:15s} DEX {t['dex']['in_sample']['speedup_vs_ar']:.3f}x "
-                      f"(held-out {t['dex']['held_out']['speedup_vs_ar']:.3f}x)  single "
-                      f"{t['single']['in_sample']['speedup_vs_ar']:.3f}x (held-out "
-                      f"{t['single']['held_out']['speedup_vs_ar']:.3f}x)  {t['tune_s']:.0f} s, load {t['load']:.1f}",
-                      flush=True)
-    order = {(Path(r).name, Path(c).name): i for i, (r, c) in enumerate(found)}
-    shown = [r for r in rows if r["trials"] == args.trials and r["setting"] in labels
-             and any(r["trace"] in k for k in order)]
-    shown.sort(key=lambda r: (labels.index(r["setting"]), r["pair"], TEMPLATES.index(r["template"])))
+                for seed in seeds:
+                    if (Path(path).name, sha, label, args.trials, seed) in seen:
+                        continue
+                    folder = out / f"{Path(path).stem}-{label.replace(' ', '_')}-seed{seed}"
+                    row = {"pair": pair, "template": template, "trace": Path(path).name, "trace_sha256": sha,
+                           "setting": label, "trials": args.trials, "seed": seed, "depths": figures["depths"],
+                           "same_final_across_templates": figures["same_final"], "figures": figures[template],
+                           "tuned": tuned(path, label, args.trials, seed, folder)}
+                    rows.append(row)
+                    replace_file(result, json.dumps(rows, indent=1) + "\n")
+                    t = row["tuned"]
+                    print(f"{row['trace']:48s} {label:15s} seed {seed}  DEX {t['dex']['in_sample']['speedup_vs_ar']:.3f}x "
+                          f"(held-out {t['dex']['held_out']['speedup_vs_ar']:.3f}x, {t['dex']['configuration']})  "
+                          f"single {t['single']['in_sample']['speedup_vs_ar']:.3f}x (held-out "
+                          f"{t['single']['held_out']['speedup_vs_ar']:.3f}x, {t['single']['configuration']})  "
+                          f"{t['tune_s']:.0f} s, load {t['load']:.1f}", flush=True)
+    paths = {Path(p).name: p for both in found for p in both}
+    shown = [r for r in rows if r["trials"] == args.trials and r["setting"] in labels and r["seed"] in seeds
+             and r["trace"] in paths and r["trace_sha256"] == loaded(paths[r["trace"]]).meta["sha256"]]
+    shown.sort(key=lambda r: (labels.index(r["setting"]), r["pair"], TEMPLATES.index(r["template"]), r["seed"]))
     print(table(shown))
     print()
     print(match_table(shown))
