@@ -36,6 +36,12 @@ SETTINGS = {"pp4 des": ({"gpu": "a100-sxm4-80gb", "pp": 4}, "des"),
 TEMPLATES = ("raw", "chat")
 
 
+def fail(message: str):
+    """Bad input: one line on stderr, exit status 2."""
+    print(message, file=sys.stderr)
+    sys.exit(2)
+
+
 def pairs(patterns: str) -> list[tuple[str, str]]:
     """(raw file, chat file) for every X-raw.npz matched whose X-chat.npz exists beside it."""
     out = []
@@ -45,14 +51,21 @@ def pairs(patterns: str) -> list[tuple[str, str]]:
     return out
 
 
-def prompt_ids(path: str) -> list:
-    return loaded(path).meta["recorder"]["params"]["prompt_ids"]
+def prompt_ids(path: str, template: str) -> list:
+    """The prompt ids a recorded file holds, checked to be recorded with `template`."""
+    meta = loaded(path).meta
+    if meta.get("template") != template:
+        fail(f"{path}: meta.template is {meta.get('template')!r}, not {template!r}")
+    ids = meta.get("recorder", {}).get("params", {}).get("prompt_ids")
+    if not ids:
+        fail(f"{path}: no meta.recorder.params.prompt_ids (not a recorded trace)")
+    return ids
 
 
 def depth_figures(raw: str, chat: str) -> dict:
     """Per template, the analyze figures at the depths both files recorded."""
-    if prompt_ids(raw) != prompt_ids(chat):
-        sys.exit(f"{chat}: its prompt ids differ from {raw}'s; not a template pair")
+    if prompt_ids(raw, "raw") != prompt_ids(chat, "chat"):
+        fail(f"{chat}: its prompt ids differ from {raw}'s; not a template pair")
     r = compare(loaded(raw), loaded(chat))
     keep = ("heads", "synthetic", "n_seqs", "n_tokens", "mean_ead", "ceiling_ead", "mean_stable_ead",
             "ceiling_stable_ead", "match_rate")
@@ -151,11 +164,11 @@ def main():
     labels = args.settings.split(",")
     for label in labels:
         if label not in SETTINGS:
-            sys.exit(f"--settings: {label!r} is not one of {', '.join(SETTINGS)}")
+            fail(f"--settings: {label!r} is not one of {', '.join(SETTINGS)}")
     try:
         seeds = [int(x) for x in args.seeds.split(",")]
     except ValueError:
-        sys.exit(f"--seeds {args.seeds!r}: must be comma-separated integers")
+        fail(f"--seeds {args.seeds!r}: must be comma-separated integers")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = out / "template_sensitivity.json"
@@ -163,7 +176,7 @@ def main():
     seen = {(r["trace"], r["trace_sha256"], r["setting"], r["trials"], r["seed"]) for r in rows}
     found = pairs(args.traces)
     if not found:
-        sys.exit(f"--traces {args.traces}: no X-raw.npz with an X-chat.npz beside it")
+        fail(f"--traces {args.traces}: no X-raw.npz with an X-chat.npz beside it")
     for raw, chat in found:
         figures = depth_figures(raw, chat)
         pair = Path(raw).name[:-len("-raw.npz")]
