@@ -378,11 +378,7 @@ def cmd_emulate(args) -> int:
            "output_matches_trace": run.output_matches_trace, "model": trace.meta.get("model"),
            "depth_rescaled": rescaled, "shape": shape["name"], "device": str(model.device), "dtype": args.dtype,
            "threads": torch_threads(), "wall_s": run.wall_s, "cpu_s": run.cpu_s, "tokens_per_s": run.tokens_per_s}
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>22}: {v}")
+    config.print_result(out, args.json)
     return 0
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import secrets
 import sys
@@ -168,6 +169,15 @@ class Parser(argparse.ArgumentParser):
                 name = action.option_strings[-1] if action.option_strings else action.dest
                 raise UserError(f"{name}: empty value")
         return ns, rest
+
+
+def print_result(out: dict, as_json: bool) -> None:
+    """A run's figures on stdout: one JSON line (`--json`), or one `name: value` line each."""
+    if as_json:
+        print(json.dumps(out))
+    else:
+        for k, v in out.items():
+            print(f"{k:>22}: {v}")
 
 
 def one_line(text: str) -> str:

@@ -4,7 +4,6 @@ the same trace and hardware. With `--model` naming another model than the trace'
 depths are mapped onto that model by relative depth."""
 from __future__ import annotations
 
-import json
 import sys
 
 from dexsim import config
@@ -41,11 +40,7 @@ def cmd_replay(args) -> int:
     out = timed(trace, cfg, policies, priced_on, sched, rescaled, seed=args.seed, events=events)
     for note in out.pop("profile_notes", ()):
         print(f"note: --profile {out['profile']}: extrapolated: {note}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(out))
-    else:
-        for k, v in out.items():
-            print(f"{k:>22}: {v}")
+    config.print_result(out, args.json)
     return 0
 
 

@@ -251,10 +251,8 @@ class Lattice:
                      "token", "pos", "depth", "parent", "node_id", "exit_token", "exit_conf", "spawn_depth",
                      "spawn_conf", "guessed", "tag", "output"):
             setattr(self, name, f[name])  # the same arrays the compiled rules write
-        self.counters = Counters(*(f[k] for k in ("tokens", "rounds", "node_layers", "head_evals", "weight_loads",
-                                                   "wasted_node_layers", "fallbacks", "commit_rounds",
-                                                   "reused_depth", "load_rows", "head_rows",
-                                                   "context", "load_diff", "rows_diff")))
+        self.counters = Counters(*(f[k] for k in COUNTER_NAMES + ("load_rows", "head_rows", "context", "load_diff",
+                                                                  "rows_diff")))
         self.record_events = record_events
         self._executor = None  # whom the hooks go to, set by start()
         _log_roots(self.st)
