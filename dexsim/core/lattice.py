@@ -415,7 +415,9 @@ def _work_log(st):
 def _grown(a):
     """`a` with twice the rows (at least 64), the old ones copied."""
     out = np.zeros((max(2 * len(a), 64),) + a.shape[1:], a.dtype)
-    out[: len(a)] = a
+    flat, old = out.reshape(-1), a.reshape(-1)
+    for i in range(old.size):  # a loop, not `out[:len(a)] = a`: numba's shape-mismatch message
+        flat[i] = old[i]  # for a slice assignment costs seconds of compiling (string formatting)
     return out
 
 
@@ -662,7 +664,8 @@ def commit_seq(st, s):
             for c in range(child + 1, n):
                 keep[c] = keep[st.parent[s, c]]
         gone = np.zeros(st.M, np.bool_)
-        gone[1:n] = ~keep[1:n]  # the old anchor is committed work, not waste
+        for c in range(1, n):  # the old anchor is committed work, not waste
+            gone[c] = not keep[c]
         _discard(st, s, gone)
         old_id, old_pos = st.node_id[s, 0], st.pos[s, 0]
         _compact(st, s, keep)
