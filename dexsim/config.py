@@ -186,6 +186,14 @@ def one_line(text: str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (a container or `taskset` may allow fewer than the machine has)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run(build, argv=None) -> int:
     """Parse with the parser `build()` makes and run the chosen command's `func(args)`; a UserError is
     one line on stderr and exit status 2."""

@@ -5,7 +5,9 @@ no global figure registry, the same result on every machine.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -64,3 +66,27 @@ def save_png(fig: Figure, path, flag: str = "--out") -> str:
     except OSError as e:
         raise UserError(f"{flag} {path}: cannot write ({e.strerror or e})") from None
     return str(path)
+
+
+_PENDING: list = []  # what `save_all`'s forked workers draw: they inherit it, nothing is pickled
+
+
+def _save_one(i: int):
+    path, make = _PENDING[i]
+    fig = make()
+    return None if fig is None else save_png(fig, path)
+
+
+def save_all(figures: list, procs: int = 1) -> list:
+    """Draw and save each (path, make) pair, `make()` building the figure or returning None (no plot):
+    the paths written, None where nothing was drawn, in order. With procs > 1, in forked processes
+    (Agg figures share nothing; a sweep's 15 PNGs take ~3.5 s on one core)."""
+    global _PENDING
+    _PENDING = list(figures)
+    try:
+        if procs <= 1 or len(_PENDING) < 2 or "fork" not in multiprocessing.get_all_start_methods():
+            return [_save_one(i) for i in range(len(_PENDING))]
+        with ProcessPoolExecutor(min(procs, len(_PENDING)), mp_context=multiprocessing.get_context("fork")) as ex:
+            return list(ex.map(_save_one, range(len(_PENDING))))
+    finally:
+        _PENDING = []

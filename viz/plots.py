@@ -24,18 +24,20 @@ import glob
 import json
 import re
 import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from matplotlib.colors import TwoSlopeNorm
 
+from dexsim.config import usable_cpus
 from dexsim.core import registry
 from dexsim.sweep.rows import column_types, field_problem
 from dexsim.traces.analyze import analyze
 from dexsim.errors import UserError
 from dexsim.traces.format import load_trace
 
-from .output import check_dir, new_figure, save_png
+from .output import check_dir, new_figure, save_all
 
 DPI = 110
 PANEL_W, PANEL_H = 4.6, 3.6  # inches per throughput panel
@@ -274,9 +276,11 @@ def find_trace(name: str, sha256, candidates: list[Path]):
 
 # ---------------------------------------------------------------------------- the entry point
 
-def sweep_plots(results_dir, out=None, *, traces: list[str] | None = None, notes: list | None = None) -> list[str]:
+def sweep_plots(results_dir, out=None, *, traces: list[str] | None = None, notes: list | None = None,
+                procs: int = 1) -> list[str]:
     """Write the plots of a sweep folder (or results file) to `out` (default: <results folder>/plots).
-    Returns the paths written; `notes`, if given, collects one line per plot that could not be made."""
+    Returns the paths written; `notes`, if given, collects one line per plot that could not be made;
+    `procs` processes draw them."""
     notes = [] if notes is None else notes
     rows, src = load_rows(str(results_dir))
     out_dir = check_dir(str(out) if out is not None else str(src.parent / "plots"), "--out")
@@ -287,17 +291,16 @@ def sweep_plots(results_dir, out=None, *, traces: list[str] | None = None, notes
     groups = _groups(usable)
     unique_traces = len({t for t, _ in groups}) == len(groups)
     candidates = _trace_candidates(src, traces or [])
-    written = []
+    figures, why_not = [], []  # (path, make) and the note if make() draws nothing
     for (trace, model), rs in groups.items():
         slug = _slug(trace, model, unique_traces)
         name = f"{str(trace).removesuffix('.npz')} ({model})"
-        fig = throughput_vs_explorers(rs, f"{name}: DEX throughput vs explorers (lockstep, simulated)")
-        if fig is None:
-            notes.append(f"{name}: no dex rows, no throughput-vs-explorers plot")
-        else:
-            written.append(save_png(fig, out_dir / f"throughput_vs_explorers-{slug}.png"))
-        fig = speedup_heatmap(rs, f"{name}: best speedup vs ar per policy and GPU")
-        written.append(save_png(fig, out_dir / f"speedup_heatmap-{slug}.png"))
+        figures.append((out_dir / f"throughput_vs_explorers-{slug}.png", partial(
+            throughput_vs_explorers, rs, f"{name}: DEX throughput vs explorers (lockstep, simulated)")))
+        why_not.append(f"{name}: no dex rows, no throughput-vs-explorers plot")
+        figures.append((out_dir / f"speedup_heatmap-{slug}.png",
+                        partial(speedup_heatmap, rs, f"{name}: best speedup vs ar per policy and GPU")))
+        why_not.append(None)
     for trace in dict.fromkeys(t for t, _ in groups):
         sha = next((r.get("trace_sha256") for r in usable if r["trace"] == trace), None)
         t = find_trace(str(trace), sha, candidates)
@@ -308,14 +311,19 @@ def sweep_plots(results_dir, out=None, *, traces: list[str] | None = None, notes
         kind = "synthetic" if t.meta.get("synthetic") else "recorded"
         title = f"{str(trace).removesuffix('.npz')}: EAD and stable EAD ({t.meta.get('model')}, " \
                 f"heads {t.meta.get('heads')}, {kind}, {t.n_tokens} tokens)"
-        written.append(save_png(ead_histograms(t, title), out_dir / f"ead-{_slug(trace, None, True)}.png"))
-    return written
+        figures.append((out_dir / f"ead-{_slug(trace, None, True)}.png", partial(ead_histograms, t, title)))
+        why_not.append(None)
+    paths = save_all(figures, procs)
+    notes.extend(note for path, note in zip(paths, why_not) if path is None)
+    return [p for p in paths if p is not None]
 
 
 def cmd_sweep(args) -> int:
+    if args.jobs < 1:
+        raise UserError(f"--jobs {args.jobs}: must be at least 1")
     notes: list[str] = []
     paths = sweep_plots(args.results, args.out, traces=args.traces.split(",") if args.traces else None,
-                        notes=notes)
+                        notes=notes, procs=args.jobs)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     for p in paths:
@@ -330,4 +338,6 @@ def register(sub) -> None:
     p.add_argument("--traces", default=None,
                    help="comma-separated globs of the swept trace files, for the EAD histograms "
                         "(default: looked for beside the results, in ./traces and beside the package)")
+    p.add_argument("--jobs", type=int, default=usable_cpus(),
+                   help="processes drawing the plots (default: the usable CPUs)")
     p.set_defaults(func=cmd_sweep)

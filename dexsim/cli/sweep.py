@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from dexsim import config
@@ -23,13 +23,6 @@ from dexsim.sweep.table import best_table
 PLOTS_BY_DEFAULT = True
 
 
-def _default_jobs() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def cmd_sweep(args) -> int:
     cfg = config.from_args(SweepConfig, args, axes={n: getattr(args, n) for n in PARAMS}).checked()
     grid = build_grid(cfg)
@@ -41,33 +34,61 @@ def cmd_sweep(args) -> int:
         for note in dict.fromkeys(grid.notes):
             print(f"note: {note}", file=sys.stderr)
 
-    rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes, dask=cfg.dask)
-    print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
-    scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
-    print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
-    print(best_table(rows, grid.traces))
-    print("L/EAD: the ceiling, L / mean EAD; vs ar: speedup over ar on the same hardware (below 1: slower); "
-          "vs single: best dex over the best single-depth method")
-    if cfg.plots and cfg.no_plots:
-        raise UserError("--plots and --no-plots: choose one")
-    if cfg.plots or (not cfg.no_plots and PLOTS_BY_DEFAULT and importlib.util.find_spec("matplotlib") is not None):
-        write_plots(cfg.out)
-    elif not cfg.no_plots and PLOTS_BY_DEFAULT:
-        print("note: no plots: matplotlib is not installed (pip install -e '.[viz]')", file=sys.stderr)
+    with plots_of(cfg.out, "sweep", wants_plots(cfg.plots, cfg.no_plots)):
+        rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes, dask=cfg.dask)
+        print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
+        scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
+        print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
+        print(best_table(rows, grid.traces))
+        print("L/EAD: the ceiling, L / mean EAD; vs ar: speedup over ar on the same hardware (below 1: slower); "
+              "vs single: best dex over the best single-depth method")
     return 0
 
 
-def write_plots(out: str, command: str = "sweep") -> None:
-    """`python -m viz COMMAND OUT`, in its own process: plots read results, never the other way round."""
-    r = subprocess.run([sys.executable, "-m", "viz", command, out], capture_output=True, text=True)
-    if r.returncode != 0:
-        last = (r.stderr.strip().splitlines() or ["failed"])[-1]
-        if "ModuleNotFoundError" in r.stderr or "No module named" in r.stderr:
+def wants_plots(plots: bool, no_plots: bool) -> bool:
+    if plots and no_plots:
+        raise UserError("--plots and --no-plots: choose one")
+    if plots or (not no_plots and PLOTS_BY_DEFAULT and importlib.util.find_spec("matplotlib") is not None):
+        return True
+    if not no_plots and PLOTS_BY_DEFAULT:
+        print("note: no plots: matplotlib is not installed (pip install -e '.[viz]')", file=sys.stderr)
+    return False
+
+
+def start_plots(out: str, command: str = "sweep") -> subprocess.Popen:
+    """`python -m viz --wait COMMAND OUT`, in its own process (plots read results, never the other way
+    round), started before the run: it loads matplotlib on a core the compiling or replaying leaves
+    idle, then waits for `finish_plots`."""
+    return subprocess.Popen([sys.executable, "-m", "viz", "--wait", command, out], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish_plots(plotter: subprocess.Popen) -> None:
+    """The results are written: let the plotter draw them, and print what it wrote."""
+    stdout, stderr = plotter.communicate("")
+    if plotter.returncode != 0:
+        last = (stderr.strip().splitlines() or ["failed"])[-1]
+        if "ModuleNotFoundError" in stderr or "No module named" in stderr:
             last = "needs the viz extra: pip install -e '.[viz]'"
         raise UserError(f"--plots: {last.removeprefix('error: ')}")
-    sys.stderr.write(r.stderr)
-    for path in r.stdout.splitlines():
+    sys.stderr.write(stderr)
+    for path in stdout.splitlines():
         print(f"plot: {path}")
+
+
+@contextmanager
+def plots_of(out: str, command: str, wanted: bool):
+    """Plot the results written inside the block (if `wanted`); the plotter dies with a failed run."""
+    plotter = start_plots(out, command) if wanted else None
+    try:
+        yield
+    except BaseException:
+        if plotter is not None:
+            plotter.kill()
+            plotter.wait()
+        raise
+    if plotter is not None:
+        finish_plots(plotter)
 
 
 def add_axis_flags(p) -> None:
@@ -87,7 +108,7 @@ def add_axis_flags(p) -> None:
 
 def register(sub) -> None:
     p = sub.add_parser("sweep", help="replay traces under a grid of policies, priced on a grid of GPUs")
-    config.add_flags(p, SweepConfig, defaults={"jobs": _default_jobs(),
+    config.add_flags(p, SweepConfig, defaults={"jobs": config.usable_cpus(),
                                                "policies": ",".join(registry.names())})
     add_axis_flags(p)
     p.set_defaults(func=cmd_sweep)

@@ -13,7 +13,7 @@ from dexsim import config
 from dexsim.core.params import PARAMS
 from dexsim.hardware.pricing import HardwareConfig
 from dexsim.sweep import tune as tuning
-from dexsim.cli.sweep import write_plots
+from dexsim.cli.sweep import plots_of
 
 
 def cmd_tune(args) -> int:
@@ -22,19 +22,19 @@ def cmd_tune(args) -> int:
     tuning.optuna_module()  # before any work: one line if optuna is missing
     setting = tuning.resolve(cfg, config.from_args(HardwareConfig, args))
     bar = partial(tqdm, desc="tune", unit="trial", file=sys.stderr, mininterval=0.5)
-    result = tuning.tune(setting, bar_factory=bar)
-    out = Path(cfg.out)
-    t, r = result["trials"], result["replays"]
-    print(f"{t['complete'] + t['pruned']} trials ({t['pruned']} pruned) in {out / tuning.TRIALS_CSV} "
-          f"(and {tuning.TRIALS_JSON}); {r['search']} replays in the search, {r['held_out']} on the held-out half")
-    print(f"tuned on {len(result['halves']['tune'])} sequences, held out {len(result['halves']['held_out'])} "
-          f"(--seed {cfg.seed}); objective {cfg.objective}")
-    print(best_table(result["best"], cfg.objective))
-    print(f"best per family in {out / tuning.BEST_JSON}")
-    if importlib.util.find_spec("matplotlib") is None:
+    plots = importlib.util.find_spec("matplotlib") is not None
+    if not plots:
         print("note: no best-so-far plot: matplotlib is not installed (pip install -e '.[viz]')", file=sys.stderr)
-    else:
-        write_plots(cfg.out, "tune")
+    with plots_of(cfg.out, "tune", plots):
+        result = tuning.tune(setting, bar_factory=bar)
+        out = Path(cfg.out)
+        t, r = result["trials"], result["replays"]
+        print(f"{t['complete'] + t['pruned']} trials ({t['pruned']} pruned) in {out / tuning.TRIALS_CSV} "
+              f"(and {tuning.TRIALS_JSON}); {r['search']} replays in the search, {r['held_out']} on the held-out half")
+        print(f"tuned on {len(result['halves']['tune'])} sequences, held out {len(result['halves']['held_out'])} "
+              f"(--seed {cfg.seed}); objective {cfg.objective}")
+        print(best_table(result["best"], cfg.objective))
+        print(f"best per family in {out / tuning.BEST_JSON}")
     return 0
 
 

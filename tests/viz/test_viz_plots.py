@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -52,6 +55,35 @@ def test_sweep_plots_from_real_results(swept, capsys):
     assert _size(by["speedup_heatmap-tiny.png"]) == _px(1.6 + 1.35 * 2, 1.3 + 0.45 * 3, dpi)
     assert _size(by["ead-tiny.png"]) == _px(7.5, 4.0, dpi)
     assert all(Path(p).parent == swept / "plots" for p in paths)
+
+
+def test_plots_drawn_by_two_processes_are_the_ones_one_process_draws(swept, tmp_path):
+    one = plots.sweep_plots(swept, tmp_path / "one", procs=1)
+    two = plots.sweep_plots(swept, tmp_path / "two", procs=2)
+    assert [Path(p).name for p in one] == [Path(p).name for p in two]
+    assert all(Path(a).read_bytes() == Path(b).read_bytes() for a, b in zip(one, two))
+
+
+def test_wait_draws_only_once_its_input_ends(swept, tmp_path):
+    """`--wait`: a plotter started before its results exist reads them once told (its input closes)."""
+    results = tmp_path / "later"
+    plotter = subprocess.Popen([sys.executable, "-m", "viz", "--wait", "sweep", str(results), "--jobs", "1"],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    shutil.copytree(swept, results)  # the results appear only now
+    out, err = plotter.communicate("", timeout=120)
+    assert plotter.returncode == 0, err
+    assert sorted(Path(p).name for p in out.split()) == ["speedup_heatmap-tiny.png", "throughput_vs_explorers-tiny.png"]
+
+
+def test_a_failed_run_kills_its_plotter(tmp_path, monkeypatch):
+    from dexsim.cli import sweep as sweep_cli
+    started = []
+    monkeypatch.setattr(sweep_cli, "start_plots", lambda out, command: started.append(
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE)) or started[-1])
+    with pytest.raises(ValueError):
+        with sweep_cli.plots_of(str(tmp_path), "sweep", True):
+            raise ValueError("the run failed")
+    assert started[0].returncode is not None  # killed and reaped, not left waiting
 
 
 def test_sweep_cli_reads_csv_with_extra_columns_and_skips_what_it_cannot_plot(swept, tmp_path, capsys):
