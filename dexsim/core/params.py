@@ -60,6 +60,9 @@ PARAMS = {p.name: p for p in (
     Param("buffer", int, 8, "most live branches B", low=0, space=(1, 16, "log")),
     Param("priority", str, "eager", "which branches advance first", choices=PRIORITIES,
           axis="priorities", axis_default="eager,deep"),
+    Param("eviction", str, "on", "with a full buffer, a guess from a deeper exit replaces the leaf branch spawned "
+          "at the shallowest depth (on) or is dropped (off)", choices=("on", "off"), axis="evictions",
+          axis_default="on"),
     Param("exit", int, None, "the fixed exit depth e (default: the readable depth nearest L/2)", low=1,
           on_model=nearest_half),
     Param("draft", int, None, f"draft length gamma (layerskip: {DEFAULT_DRAFT} if not given; oracle-select "

@@ -243,5 +243,9 @@ class DEX(_Compiled):
         check(explorers=self.explorers, buffer=self.buffer, priority=self.priority)
 
     @property
+    def eviction(self) -> str:  # the registry's parameter (params.py) for `evict`
+        return "on" if self.evict else "off"
+
+    @property
     def params(self):
         return _params(DEX_KIND, self.explorers, self.buffer, PRIORITIES.index(self.priority), evict=self.evict)

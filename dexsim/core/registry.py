@@ -75,9 +75,11 @@ BUILTIN = (
                search="draft", search_column="oracle_drafts", single_depth=True,
                describe=lambda r: f"oracle-select E={r['exits']} ({_oracle_pick(r)})"),
     PolicySpec("dex", "depth exploration: a branch per new exit guess, k explorers a round",
-               params=("exits", "explorers", "buffer", "priority"),
-               build=lambda L, exits, depths, p: DEX(L, exits, p["explorers"], p["buffer"], p["priority"]),
-               describe=lambda r: f"dex k={r['explorers']} B={r['buffer']} {r['priority']} E={r['exits']}",
+               params=("exits", "explorers", "buffer", "priority", "eviction"),
+               build=lambda L, exits, depths, p: DEX(L, exits, p["explorers"], p["buffer"], p["priority"],
+                                                     p["eviction"] == "on"),
+               describe=lambda r: f"dex k={r['explorers']} B={r['buffer']} {r['priority']} E={r['exits']}"
+                                  + (" no-evict" if r.get("eviction") == "off" else ""),
                effort=lambda p: (3, p["priority"] != "align", p["explorers"])),
 )
 REGISTRY: dict[str, PolicySpec] = {s.name: s for s in BUILTIN}

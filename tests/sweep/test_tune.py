@@ -182,3 +182,24 @@ def test_settle_exit_sets_are_where_the_tokens_settle(planted):
     assert json.loads(run.out)["exits"] in ("12,32", "24,32")
     run = run_cli("dexsim", ["replay", "--trace", planted, "--policy", "dex", "--exits", "settle:0"])
     assert run.rc == 2 and "--exits" in run.err
+
+
+def test_tune_searches_eviction_and_it_reaches_the_core(tmp_path):
+    """Eviction is a registry parameter: tune draws it (a trial fixed to "off" builds a DEX without it),
+    and on a flickering trace with a small buffer the two settings replay differently."""
+    trace = synth_trace("smollm2-135m", 4, 24, depths="every:3", flicker=0.6, seed=5)
+    path = tmp_path / "flicker.npz"
+    save_trace(trace, path)
+    s = tuning.resolve(tuning.TuneConfig(trace=str(path), policies="dex", out=str(tmp_path)),
+                       HardwareConfig(gpu="a100-sxm4-80gb"))
+    fixed = {"policy": "dex", "dex.exits_n": 4, "dex.exit_0": 3, "dex.exit_1": 9, "dex.exit_2": 15,
+             "dex.explorers": 2, "dex.buffer": 1, "dex.priority": "deep"}
+    runs = {}
+    for eviction in ("on", "off"):
+        name, params = tuning.suggest(optuna.trial.FixedTrial({**fixed, "dex.eviction": eviction}), s)
+        assert params["eviction"] == eviction
+        policy = registry.make_policy(name, trace.L, depths=trace.depths, **params)
+        assert policy.evict == (eviction == "on") and registry.policy_params(policy)["eviction"] == eviction
+        runs[eviction] = replay(load_trace(path), policy).counters.totals()
+    assert runs["on"]["tokens"] == runs["off"]["tokens"] == trace.n_tokens
+    assert runs["on"] != runs["off"]
