@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -60,7 +61,13 @@ def start_plots(out: str, command: str = "sweep") -> subprocess.Popen:
     round), started before the run: it loads matplotlib on a core the compiling or replaying leaves
     idle, then waits for `finish_plots`."""
     return subprocess.Popen([sys.executable, "-m", "viz", "--wait", command, out], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_lower_priority if os.name == "posix" else None)
+
+
+def _lower_priority() -> None:
+    """Niced: loading matplotlib must not slow a warm run's replays, which keep every core busy."""
+    os.nice(10)
 
 
 def finish_plots(plotter: subprocess.Popen) -> None:

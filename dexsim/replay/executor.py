@@ -27,6 +27,7 @@ from dexsim import config
 from dexsim.core import registry
 from dexsim.core.registry import policy_params
 from dexsim.errors import UserError
+from dexsim.replay.compile_ahead import compile_ahead
 from dexsim.traces.format import Trace
 
 ON_PATH = 1
@@ -80,6 +81,8 @@ class ReplayExecutor:
         """Every round of every sequence in compiled code (a subclass may change what an exit reads:
         it runs through the Python rounds instead)."""
         if type(self) is ReplayExecutor:
+            if not _replay_rounds.signatures:
+                compile_ahead(lat.st, policy.params)
             _replay_rounds(lat.st, policy.params, self.rx)
 
     def compute(self, lat, s, j, layers):
