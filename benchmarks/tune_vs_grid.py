@@ -6,7 +6,7 @@ For each trace and setting (one A100, lockstep; a 4-stage A100 pipeline under th
 batch 8, lockstep): the grid is every configuration of the registry's families on a discretized
 version of tune's space (LayerSkip: every recorded depth x drafts 1,2,4,8; adaptive: the exit sets
 below x tau 0.5,0.7,0.9 x B 2,4,8; DEX: the exit sets x k 1,2,4,8 x B 2,4,8,16 x priority eager, deep,
-align, confident; exit sets: every recorded depth, every 2nd/3rd/4th/6th of them, and the 2 and 3
+align, confident x eviction on, off; exit sets: every recorded depth, every 2nd/3rd/4th/6th of them, and the 2 and 3
 recorded depths below L where most tokens settle (stable EAD), each with L), each configuration
 and AR, replayed on the same tuning half and scored by the same objective (`tune.evaluate`, `tune.score`).
 `tune` runs its 200 trials on the same half. Reported: best found vs best grid row (in-sample),
@@ -57,8 +57,9 @@ def grid(s, trace) -> list[tuple[str, dict]]:
         out += [("adaptive", {"exits": e, "threshold": t, "buffer": b}) for e in E for t in (0.5, 0.7, 0.9)
                 for b in (2, 4, 8)]
     if "dex" in s.policies:
-        out += [("dex", {"exits": e, "explorers": k, "buffer": b, "priority": p}) for e in E for k in (1, 2, 4, 8)
-                for b in (2, 4, 8, 16) for p in ("eager", "deep", "align", "confident")]
+        out += [("dex", {"exits": e, "explorers": k, "buffer": b, "priority": p, "eviction": v}) for e in E
+                for k in (1, 2, 4, 8) for b in (2, 4, 8, 16) for p in ("eager", "deep", "align", "confident")
+                for v in ("on", "off")]
     return out
 
 

@@ -3,10 +3,12 @@
 loop links them, so a forked process compiles them into numba's disk cache while this one compiles
 the rest, and the loop then loads them from there. When the cache is warm the forked process only
 loads them (a fraction of a second, on the other core); if it is late, this process compiles them
-itself: nothing waits on it, and the machine code is the same either way."""
+itself: nothing waits on it, and the machine code is the same either way. `DEXSIM_COMPILE_AHEAD=0`
+turns it off (benchmarks/first_run.py measures both)."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import threading
 
 import numba
@@ -22,7 +24,7 @@ def compile_ahead(st, pol) -> None:
     """Start compiling what `_replay_rounds(st, pol, ...)` will call, once per process, if there is a
     second CPU and forking is safe (one thread: a fork copies a lock another thread may hold)."""
     global _started
-    if _started or numba.config.DISABLE_JIT or config.usable_cpus() < 2 or threading.active_count() > 1 \
+    if _started or os.environ.get("DEXSIM_COMPILE_AHEAD") == "0" or numba.config.DISABLE_JIT or config.usable_cpus() < 2 or threading.active_count() > 1 \
             or "fork" not in multiprocessing.get_all_start_methods():
         return
     _started = True
