@@ -152,6 +152,7 @@ class DesResult:
     plan: Plan = field(default=None, repr=False)
     events: list = field(default=None)  # device steps (device, start, end, request ids, step ids), if asked
     commits: list = field(default=None)  # (time, request) of every token, if asked
+    extrapolated: list = field(default_factory=list)  # what a profile priced beyond its measured grid
 
     def fields(self) -> dict:
         """The result-row fields of a DES run."""
@@ -183,14 +184,33 @@ def simulate(log: WorkLog, model, hw, load: Load, *, plan: Plan | None = None, e
     seqs = request_seqs(log.n_seqs, load)
     if engine == "auto":
         engine = "alone" if load.batch == 1 else "simpy"
+    merged = None
     if engine == "alone":
         if load.batch != 1:
             raise ValueError("the closed form needs at most one request in flight (batch 1)")
         res = _alone(plan, dur, load, seqs, want_events)
     else:
-        res = _Serve(plan, dur, load, seqs, model, hw, want_events).run()
+        serve = _Serve(plan, dur, load, seqs, model, hw, want_events)
+        res, merged = serve.run(), serve.merged
     res.plan = plan
+    res.extrapolated = beyond_profile(plan, hw, seqs, merged)
     return res
+
+
+def beyond_profile(plan: Plan, hw, seqs: np.ndarray, merged: dict | None = None) -> list[str]:
+    """What of the steps of the requests' sequences (and of the micro-batches `merged` made of them) a
+    profile prices beyond its measured grid; empty without a profile."""
+    if hw.profile is None:
+        return []
+    ran = np.zeros(plan.log.n_seqs, bool)
+    ran[seqs] = True
+    piece = ran[plan.step_seq[plan.piece_step]]
+    rows, ctx = plan.piece_rows[piece], plan.piece_ctx[piece]
+    heads = plan.head_rows[ran[plan.step_seq]]
+    moved = plan.dep_rows[(plan.dep_rows > 0) & ran[plan.step_seq[plan.dep_dst]]]
+    extent = merged or {"rows": [], "ctx_per_row": [], "heads": []}
+    return hw.profile.extrapolated(np.r_[rows, extent["rows"]], np.r_[ctx / rows, extent["ctx_per_row"]],
+                                   np.r_[heads, extent["heads"]], moved if hw.profile.transfer_s is not None else [])
 
 
 # Memory per simulated token: its commit time, the times it is computed from and its index (four 8-byte
@@ -348,6 +368,8 @@ class _Serve:
         self._cache: dict[int, _SeqSteps] = {}
         self.piece_ptr = np.searchsorted(plan.piece_step, np.arange(plan.n_steps + 1))
         self.micro = load.micro_batch or load.batch
+        # the extremes a profile priced in micro-batches (a step alone is priced as planned)
+        self.merged = None if hw.profile is None else {"rows": [], "ctx_per_row": [], "heads": []}
 
     def steps_of(self, q: int) -> _SeqSteps:
         if q not in self._cache:
@@ -410,8 +432,17 @@ class _Serve:
         n = np.array([k[1] for k in spans], float)
         rows = np.array([v[0] for v in spans.values()], float)
         ctx = np.array([v[1] for v in spans.values()], float)
+        if self.merged is not None:
+            self._extremes(rows, ctx / rows, heads)
         t = float((n * cost.layer_time(self.model, self.hw, rows, ctx)).sum())
         return t + (float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0)
+
+    def _extremes(self, rows, ctx_per_row, heads):
+        m = self.merged
+        m["rows"] = [min([*m["rows"], *rows]), max([*m["rows"], *rows])]
+        m["ctx_per_row"] = [min([*m["ctx_per_row"], *ctx_per_row]), max([*m["ctx_per_row"], *ctx_per_row])]
+        if heads:
+            m["heads"] = [min([*m["heads"], heads]), max([*m["heads"], heads])]
 
     def device(self, g):
         env = self.env
