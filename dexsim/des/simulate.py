@@ -10,7 +10,8 @@ The model (DESIGN.md section 3, "pipeline"; issue 8):
   its layers and a copy of the exit head.
 - Work items ("steps", dexsim/des/plan.py): what one device does for one request in one round (rounds
   of a jump fused while no node crosses a stage): one weight load per distinct layer, rows at the same
-  layer sharing it, then one head load for the exit reads there. Priced by the roofline cost model.
+  layer sharing it, then one head load for the exit reads there. Priced by the cost model (the roofline
+  or a `--profile`'s tables) with the host's control per round and per exit read, as lockstep prices it.
 - Dependencies, the dependency rule of DESIGN.md section 3 in time: a step waits for the device to
   finish the request's earlier steps there (in issue order: this covers a node's previous layer and
   its ancestors' KV, which live on the same device), for the hidden states of nodes crossing from
@@ -415,15 +416,18 @@ class _Serve:
             self.arrive()
 
     def merged_time(self, picks) -> float:
-        """One device step for several requests: equal layer spans share a weight load."""
+        """One device step for several requests: equal layer spans share a weight load, and the host's
+        control of a round drives all of them (as a lockstep batch shares its rounds); exit reads are
+        each their own."""
         if len(picks) == 1:
             r, j = picks[0]
             return r.steps.dur[j]
         p = self.plan
         spans: dict[tuple, list] = {}
-        heads = 0
+        heads = rounds = 0
         for r, j in picks:
             g = r.steps.glob[j]
+            rounds = max(rounds, int(p.step_rounds[g]))
             for k in range(self.piece_ptr[g], self.piece_ptr[g + 1]):
                 acc = spans.setdefault((int(p.piece_first[k]), int(p.piece_n[k])), [0, 0.0])
                 acc[0] += int(p.piece_rows[k])
@@ -435,7 +439,8 @@ class _Serve:
         if self.merged is not None:
             self._extremes(rows, ctx / rows, heads)
         t = float((n * cost.layer_time(self.model, self.hw, rows, ctx)).sum())
-        return t + (float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0)
+        t += float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0
+        return t + rounds * self.hw.round_s + heads * self.hw.exit_s if self.hw.round_s or self.hw.exit_s else t
 
     def _extremes(self, rows, ctx_per_row, heads):
         m = self.merged
