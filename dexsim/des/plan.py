@@ -16,7 +16,8 @@ A `Plan` turns a WorkLog (dexsim/des/record.py) into the work items of the DES f
   message per group, as lockstep pricing counts them), and a node at depth 0 waits for the step
   whose exit read spawned it (or that read the committed token, for a fresh anchor). The token going
   back to the first stage is not charged, as in lockstep pricing and `cost.ar_breakdown`.
-- A step takes the sum over its groups of layers x `cost.layer_time(rows, ctx)` plus
+- A step takes the sum over its groups of layers x `cost.layer_time(rows, ctx)` (the rows of one
+  sequence: one KV prefix) plus
   `cost.head_time(exit reads)` (each stage holds a copy of the head, as `cost.check_hardware` assumes),
   plus the host's control, charged as lockstep pricing charges it: `hw.exit_s` per exit read, on the
   step that reads it, and `hw.round_s` per round (a jump of m rounds: m of them), once per core step
@@ -257,12 +258,12 @@ def _layer_times(model, hw, rows: np.ndarray, ctx: np.ndarray, n) -> np.ndarray:
     compute sides are affine in the context; where memory wins at every context (small row counts) the
     time is a + b x ctx, evaluated from the cost model once per distinct row count. Checked at a third
     context; anything else is priced by the cost model as is."""
-    direct = lambda: n * np.asarray(cost.layer_time(model, hw, rows, ctx), float)  # noqa: E731
-    if len(rows) < 4096 or rows.max(initial=0) > 4096:
+    direct = lambda: n * np.asarray(cost.layer_time(model, hw, rows, ctx, seqs=1), float)  # noqa: E731
+    if len(rows) < 4096 or rows.max(initial=0) > 4096 or not hw.gpu.memory_compute_overlap:
         return direct()
     r = np.flatnonzero(np.bincount(rows))
     c0, c1, c2 = 0.0, 1.0e6, 12345.0
-    p0, p1, p2 = (cost.layer_parts(model, hw, r, np.full(len(r), c)) for c in (c0, c1, c2))
+    p0, p1, p2 = (cost.layer_parts(model, hw, r, np.full(len(r), c), seqs=1) for c in (c0, c1, c2))
     slope = {k: (p1[k] - p0[k]) / (c1 - c0) for k in ("memory", "compute")}
     affine = all(np.allclose(p0[k] + slope[k] * c2, p2[k], rtol=1e-12, atol=0) for k in slope)
     memory_bound = (p0["memory"] >= p0["compute"]) & (slope["memory"] >= slope["compute"])

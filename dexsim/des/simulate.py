@@ -429,16 +429,18 @@ class _Serve:
             g = r.steps.glob[j]
             rounds = max(rounds, int(p.step_rounds[g]))
             for k in range(self.piece_ptr[g], self.piece_ptr[g + 1]):
-                acc = spans.setdefault((int(p.piece_first[k]), int(p.piece_n[k])), [0, 0.0])
+                acc = spans.setdefault((int(p.piece_first[k]), int(p.piece_n[k])), [0, 0.0, 0])
                 acc[0] += int(p.piece_rows[k])
                 acc[1] += float(p.piece_ctx[k])
+                acc[2] += 1  # one request's sequence: its own KV prefix
             heads += int(p.head_rows[g])
         n = np.array([k[1] for k in spans], float)
         rows = np.array([v[0] for v in spans.values()], float)
         ctx = np.array([v[1] for v in spans.values()], float)
+        seqs = np.array([v[2] for v in spans.values()], float)
         if self.merged is not None:
             self._extremes(rows, ctx / rows, heads)
-        t = float((n * cost.layer_time(self.model, self.hw, rows, ctx)).sum())
+        t = float((n * cost.layer_time(self.model, self.hw, rows, ctx, seqs)).sum())
         t += float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0
         return t + rounds * self.hw.round_s + heads * self.hw.exit_s if self.hw.round_s or self.hw.exit_s else t
 
