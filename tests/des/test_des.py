@@ -212,7 +212,7 @@ def test_the_des_charges_the_host_as_lockstep_does_hand_computed():
     """AR on a 3-token trace, one device, one request: the host adds L rounds and one exit read per
     token to the time without it, exactly; and that is lockstep pricing's time with the host terms."""
     trace = synth_trace("llama2-7b", 1, 3, seed=5)
-    lat, tally, log = record(trace, AR(trace.L), pps=(1,))
+    _, tally, log = record(trace, AR(trace.L), pps=(1,))
     model, bare = pricing.hardware("llama2-7b", GPU, 1, 1, 1)
     hw = _host_hw(bare)
     assert (tally.tokens, tally.rounds, tally.head_evals) == (3, 3 * 32, 3)
@@ -227,7 +227,7 @@ def test_the_des_charges_the_host_as_lockstep_does_hand_computed():
 
 @pytest.mark.parametrize("name,kw", POLICIES)
 def test_one_device_one_request_with_host_terms_equals_lockstep(llama, name, kw):
-    lat, tally, log = record(llama, make_policy(name, llama.L, **kw), pps=(1, 4))
+    _, tally, log = record(llama, make_policy(name, llama.L, **kw), pps=(1, 4))
     model, hw = pricing.hardware("llama2-7b", GPU, 1, 1, 1)
     hw = _host_hw(hw)
     res = simulate(log, model, hw, Load())
@@ -246,7 +246,7 @@ def test_a_micro_batch_shares_the_round_not_the_reads():
     """Two requests of one AR sequence arrive together and move as one micro-batch: the host's round
     is charged once per round, each exit read on its own, as a lockstep batch of 2 is priced."""
     trace = synth_trace("llama2-7b", 1, 4, seed=7)
-    lat, tally, log = record(trace, AR(trace.L), pps=(1,))
+    _, tally, log = record(trace, AR(trace.L), pps=(1,))
     model, bare = pricing.hardware("llama2-7b", GPU, 1, 1, 2)
     load = Load(requests=2, rate=2, batch=2)
     a, b = simulate(log, model, bare, load), simulate(log, model, _host_hw(bare), load)

@@ -204,13 +204,14 @@ def test_sweep_rows_flag_extrapolation_once_per_sweep(write, tmp_path):
     n_flagged = sum(r["profile_extrapolated"] for r in rows)
     assert len(lines) == 1 and f"{n_flagged} of {len(rows)} rows" in lines[0]
     assert "layer rows 1..8 outside the measured 1..4" in lines[0]
-    csv_rows = list(csv.DictReader(open(out / "sweep.csv")))
+    csv_rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
     assert [c["profile_extrapolated"] for c in csv_rows] == [str(r["profile_extrapolated"]) for r in rows]
     # the roofline: no profile, nothing to flag (null in JSON, empty in csv), no note
     run = run_cli("dexsim", [*argv[:8], "ar", *argv[13:], "--out", tmp_path / "roof"])
     check_clean(run)
     assert all(r["profile_extrapolated"] is None for r in json.loads((tmp_path / "roof" / "sweep.json").read_text()))
-    assert all(c["profile_extrapolated"] == "" for c in csv.DictReader(open(tmp_path / "roof" / "sweep.csv")))
+    roof_csv = (tmp_path / "roof" / "sweep.csv").read_text().splitlines()
+    assert all(c["profile_extrapolated"] == "" for c in csv.DictReader(roof_csv))
     assert "profile_extrapolated" not in run.err
 
 
