@@ -16,10 +16,11 @@ repeats (the run least disturbed by anything else on the machine):
 - `transfer`: with two or more devices, a hidden-state message of r rows from one to the next;
   null (and a note) otherwise;
 - `rates`: the roofline's numbers for this device as the engine meets them: `python -m dexsim
-  calibrate`'s memory bandwidth (a plain copy) and FLOP/s, with the engine's own per-op time (one
-  small torch op, where the roofline's numpy op is far cheaper) and bandwidth efficiency (a one-row
-  product over a large weight matrix in the run's dtype, as a layer's projections are, against the
-  copy), so a CPU profile can also serve as the cpu-local catalog entry.
+  calibrate`'s memory bandwidth (a plain copy), with the engine's own per-op time (one small torch op,
+  where the roofline's numpy op is far cheaper), FLOP/s (on a CPU: the layer's gate/up product at the
+  most rows profiled, on the run's threads, not numpy's square product on every core) and bandwidth
+  efficiency (one row's layer step against the copy), so a CPU profile can also serve as the
+  cpu-local catalog entry.
 """
 from __future__ import annotations
 
@@ -185,21 +186,36 @@ def time_transfer(model, rows, repeats: int, bar) -> tuple[dict | None, str | No
     return {"rows": list(rows), "seconds": out, "from": str(dev), "to": str(dst)}, None
 
 
-def engine_rates(dtype, dev, repeats: int, rows: int = 8192, cols: int = 4096, calls: int = 200) -> dict:
-    """(seconds per small torch op, bytes/s of a one-row product) on `dev` in `dtype` (see the module)."""
+def engine_rates(dtype, dev, repeats: int, arch: dict, batch: int, rows: int = 8192, cols: int = 4096,
+                 calls: int = 200) -> dict:
+    """(seconds per small torch op, bytes/s of a one-row product, FLOP/s of the layer's largest product
+    at `batch` rows) on `dev` in `dtype` with this process's threads (see the module)."""
     w = torch.randn(rows, cols, device=dev).to(dtype)
     x = torch.randn(1, cols, device=dev).to(dtype)
     gemv = _best(lambda: x @ w.T, repeats, dev)
     a = torch.ones(64, device=dev, dtype=dtype)
     op = _best(lambda: [torch.add(a, a) for _ in range(calls)], repeats, dev) / calls
+    # the arithmetic rate as a layer step meets it: its four products (qkv, o, gate/up, down; F.linear,
+    # the engine's call) at the most rows profiled, on weights a few calls keep in cache, so that
+    # streaming them is not timed
+    h, hd, i = arch["hidden"], arch["head_dim"], arch["intermediate"]
+    shapes = (((arch["heads"] + 2 * arch["kv_heads"]) * hd, h), (h, arch["heads"] * hd), (2 * i, h), (h, i))
+    ws = [torch.randn(o, n, device=dev).to(dtype) for o, n in shapes]
+    xs = [torch.randn(batch, n, device=dev).to(dtype) for _, n in shapes]
+    k = 8
+    gemm = _best(lambda: [torch.nn.functional.linear(x, w) for _ in range(k) for x, w in zip(xs, ws)],
+                 repeats, dev) / k
     return {"kernel_overhead_s": op, "gemv_bytes_per_s": w.numel() * w.element_size() / gemv,
-            "source": f"one torch.add of 64 elements ({calls} calls) and one [1, {cols}] x [{cols}, {rows}] "
-                      f"product, {dtype}, on {dev}, best of {repeats}"}
+            "product_flops": 2 * batch * sum(o * n for o, n in shapes) / gemm,
+            "source": f"one torch.add of 64 elements ({calls} calls), one [1, {cols}] x [{cols}, {rows}] "
+                      f"product and a layer's four products at {batch} rows (cached weights), {dtype}, on "
+                      f"{dev}, {torch.get_num_threads()} thread(s), best of {repeats}"}
 
 
 def layer_efficiency(arch: dict, dtype: str, rates: dict, seconds: float, ctx: int) -> float:
     """The share of the copy bandwidth a one-row layer step reaches: dexsim's byte count of that step
-    over its measured time, less the fixed per-op overhead of its ops (the cpu-measured class's count)."""
+    over its measured time, less the fixed per-op overhead of its ops (the cpu-measured class's count)
+    and, where the class says streaming and arithmetic do not overlap, less its arithmetic."""
     from dexsim.hardware import cost
     from dexsim.specs.catalog import DTYPE_BYTES, get_gpu, spec_from_arch
 
@@ -207,7 +223,7 @@ def layer_efficiency(arch: dict, dtype: str, rates: dict, seconds: float, ctx: i
     gpu = replace(get_gpu("cpu-local"), memory_bandwidth=rates["memory_bandwidth"], bandwidth_efficiency=1.0,
                   peak_flops=rates["peak_flops"], compute_efficiency=1.0, kernel_overhead_s=rates["kernel_overhead_s"])
     parts = cost.layer_parts(model, cost.Hardware(gpu), 1.0, float(ctx))
-    streaming = seconds - float(parts["overhead"])
+    streaming = seconds - float(parts["overhead"]) - (0.0 if gpu.memory_compute_overlap else float(parts["compute"]))
     return float(min(1.0, float(parts["memory"]) / streaming)) if streaming > 0 else 1.0
 
 
@@ -252,11 +268,12 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
         host = time_host(model, shape["name"], max(1, repeats // 2), bar)
         transfer, note = time_transfer(model, head_rows, repeats, bar)
     with torch.inference_mode():
-        eng = engine_rates(model.dtype, dev, repeats)
+        eng = engine_rates(model.dtype, dev, repeats, shape["arch"], max(rows))
     if dev.type == "cpu":
         rates = calibrate.measure(rates_seconds)
-        rates.update(kernel_overhead_s=eng["kernel_overhead_s"],
-                     bandwidth_efficiency=layer_efficiency(shape["arch"], dtype, rates, layer_s[0, 0], contexts[0]))
+        # the engine's arithmetic runs on its own threads and shapes, not numpy's square product on all cores
+        rates.update(kernel_overhead_s=eng["kernel_overhead_s"], peak_flops=eng["product_flops"])
+        rates["bandwidth_efficiency"] = layer_efficiency(shape["arch"], dtype, rates, layer_s[0, 0], contexts[0])
     else:  # calibrate measures the host; a GPU's rates are the engine's alone
         rates = {"peak_flops": float("nan"), "memory_bandwidth": eng["gemv_bytes_per_s"], "bandwidth_efficiency": 1.0,
                  "kernel_overhead_s": eng["kernel_overhead_s"], "memory_bytes": torch.cuda.get_device_properties(dev).total_memory,
@@ -279,7 +296,8 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
         "transfer": transfer, "notes": [note] if note else [],
         "rates": {k: rates[k] for k in ("peak_flops", "memory_bandwidth", "kernel_overhead_s", "memory_bytes",
                                         "bandwidth_efficiency")},
-        "rates_source": f"{rates['source']}; kernel_overhead_s is the engine's ({eng['source']}); "
+        "rates_source": f"{rates['source']}; kernel_overhead_s and (on a CPU) peak_flops are the engine's "
+                        f"({eng['source']}); "
                         f"bandwidth_efficiency: the bytes of one layer step of one row at context {contexts[0]} "
                         f"(dexsim's roofline count) over the measured layer_s[0][0] less its ops' overhead, "
                         f"as a share of the copy bandwidth (one calibration point, as gpt-fast's is for the GPUs)",

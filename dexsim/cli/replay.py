@@ -90,6 +90,7 @@ def replay_des(trace, cfg, policies, priced_on, sched, rescaled, *, seed, events
     if load.micro_batch is not None:
         out["micro_batch"] = load.micro_batch
     out["speedup_vs_ar"] = res.tokens_per_s / ar.tokens_per_s
+    out.update(pricing.profile_fields(hw, res.extrapolated, ar.extrapolated))
     if want:
         des.chrome_trace(res, hw, sched.trace_out)
     return out

@@ -13,6 +13,7 @@ from dexsim import config
 from dexsim.core import registry
 from dexsim.core.params import PARAMS
 from dexsim.errors import UserError
+from dexsim.specs.profile import widest
 from dexsim.sweep.grid import SweepConfig, axis_defaults, axis_flag, build_grid
 from dexsim.sweep.run import sweep
 from dexsim.sweep.store import FILES
@@ -36,7 +37,10 @@ def cmd_sweep(args) -> int:
             print(f"note: {note}", file=sys.stderr)
 
     with plots_of(cfg.out, "sweep", wants_plots(cfg.plots, cfg.no_plots)):
-        rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes, dask=cfg.dask)
+        beyond: list[str] = []
+        rows = sweep(grid, cfg.out, resume=cfg.resume, jobs=cfg.jobs, force=cfg.force, on_start=notes,
+                     dask=cfg.dask, notes=beyond)
+        extrapolation_note(cfg.profile, rows, beyond)
         print(f"{len(rows)} rows in {Path(cfg.out) / FILES[1]} (and {FILES[0]}, {FILES[2]})")
         scheds = ", ".join(dict.fromkeys(config.csv_list("--scheduler", cfg.scheduler)))
         print(f"best lossless configuration per trace and hardware ({scheds}, simulated tokens/s)")
@@ -44,6 +48,16 @@ def cmd_sweep(args) -> int:
         print("L/EAD: the ceiling, L / mean EAD; vs ar: speedup over ar on the same hardware (below 1: slower); "
               "vs single: best dex over the best single-depth method")
     return 0
+
+
+def extrapolation_note(profile: str | None, rows: list[dict], notes: list[str]) -> None:
+    """One stderr line for a sweep priced from a profile beyond its grid: how many rows, and what."""
+    flagged = sum(bool(r["profile_extrapolated"]) for r in rows)
+    if profile is None or not flagged:
+        return
+    what = "; ".join(widest(notes)) if notes else "rows of an earlier run (resumed)"
+    print(f"note: --profile {profile}: {flagged} of {len(rows)} rows priced beyond its measured grid "
+          f"(column profile_extrapolated): {what}", file=sys.stderr)
 
 
 def wants_plots(plots: bool, no_plots: bool) -> bool:

@@ -16,8 +16,13 @@ A `Plan` turns a WorkLog (dexsim/des/record.py) into the work items of the DES f
   message per group, as lockstep pricing counts them), and a node at depth 0 waits for the step
   whose exit read spawned it (or that read the committed token, for a fresh anchor). The token going
   back to the first stage is not charged, as in lockstep pricing and `cost.ar_breakdown`.
-- A step takes the sum over its groups of layers x `cost.layer_time(rows, ctx)` plus
-  `cost.head_time(exit reads)` (each stage holds a copy of the head, as `cost.check_hardware` assumes).
+- A step takes the sum over its groups of layers x `cost.layer_time(rows, ctx)` (the rows of one
+  sequence: one KV prefix) plus
+  `cost.head_time(exit reads)` (each stage holds a copy of the head, as `cost.check_hardware` assumes),
+  plus the host's control, charged as lockstep pricing charges it: `hw.exit_s` per exit read, on the
+  step that reads it, and `hw.round_s` per round (a jump of m rounds: m of them), once per core step
+  of a sequence, on its first step in issue order (the lowest stage with work in that core step: the
+  host decides a round before the devices run it, so the device that starts the round waits for it).
 
 `timeline` computes, for every sequence decoded alone on an idle pipeline, when each step starts and
 ends: a max-plus recurrence in issue order, vectorized over sequences (numpy, one pass per segment of
@@ -57,6 +62,7 @@ class Plan:
     cut_bounds: np.ndarray  # flat round boundaries of each cut core step
     cut_bptr: np.ndarray
     head_rows: np.ndarray = None  # [steps] exit reads
+    step_rounds: np.ndarray = None  # [steps] rounds whose host control the step carries (its core step's, or 0)
     dep_dst: np.ndarray = None  # cross-device dependencies, sorted by the waiting step
     dep_src: np.ndarray = None
     dep_rows: np.ndarray = None  # rows transferred (0: no transfer: a spawn or a token)
@@ -200,6 +206,11 @@ def compile_plan(log: WorkLog, pp: int) -> Plan:
                 piece_rows=rows, piece_ctx=ctx, cut_seq_call=usc, cut_nseg=nseg, cut_bounds=bounds, cut_bptr=bptr)
     # exit heads: a group's last piece reads one per row if the group ends at an exit depth
     plan.head_rows = np.bincount(piece_step, weights=reads, minlength=plan.n_steps).astype(np.int32)
+    # the host's rounds: a core step's m rounds on the first step of that (call, sequence) in issue order
+    call_seq = (step_key // (K * S * pp)) * S + step_seq
+    _, first_step = np.unique(call_seq, return_index=True)  # keys sort by call, segment, sequence, device
+    plan.step_rounds = np.zeros(plan.n_steps, np.int64)
+    plan.step_rounds[first_step] = log.g_m[log.g_first]  # the groups' (call, sequence) pairs, in the same order
 
     # cross-device dependencies: (a) a group crossing at a segment boundary of its core step
     if pg is not None:
@@ -247,12 +258,12 @@ def _layer_times(model, hw, rows: np.ndarray, ctx: np.ndarray, n) -> np.ndarray:
     compute sides are affine in the context; where memory wins at every context (small row counts) the
     time is a + b x ctx, evaluated from the cost model once per distinct row count. Checked at a third
     context; anything else is priced by the cost model as is."""
-    direct = lambda: n * np.asarray(cost.layer_time(model, hw, rows, ctx), float)  # noqa: E731
-    if len(rows) < 4096 or rows.max(initial=0) > 4096:
+    direct = lambda: n * np.asarray(cost.layer_time(model, hw, rows, ctx, seqs=1), float)  # noqa: E731
+    if len(rows) < 4096 or rows.max(initial=0) > 4096 or not hw.gpu.memory_compute_overlap:
         return direct()
     r = np.flatnonzero(np.bincount(rows))
     c0, c1, c2 = 0.0, 1.0e6, 12345.0
-    p0, p1, p2 = (cost.layer_parts(model, hw, r, np.full(len(r), c)) for c in (c0, c1, c2))
+    p0, p1, p2 = (cost.layer_parts(model, hw, r, np.full(len(r), c), seqs=1) for c in (c0, c1, c2))
     slope = {k: (p1[k] - p0[k]) / (c1 - c0) for k in ("memory", "compute")}
     affine = all(np.allclose(p0[k] + slope[k] * c2, p2[k], rtol=1e-12, atol=0) for k in slope)
     memory_bound = (p0["memory"] >= p0["compute"]) & (slope["memory"] >= slope["compute"])
@@ -275,6 +286,8 @@ def durations(plan: Plan, model, hw) -> Durations:
     elif len(hr):
         h = hr > 0
         step[h] += cost.head_time(model, hw, hr[h].astype(float))
+    if hw.round_s or hw.exit_s:  # zero host terms leave every step's float as it was
+        step += plan.step_rounds * hw.round_s + hr * hw.exit_s
     delay = np.zeros(len(plan.dep_rows))
     t = plan.dep_rows > 0
     if t.any():

@@ -10,7 +10,8 @@ The model (DESIGN.md section 3, "pipeline"; issue 8):
   its layers and a copy of the exit head.
 - Work items ("steps", dexsim/des/plan.py): what one device does for one request in one round (rounds
   of a jump fused while no node crosses a stage): one weight load per distinct layer, rows at the same
-  layer sharing it, then one head load for the exit reads there. Priced by the roofline cost model.
+  layer sharing it, then one head load for the exit reads there. Priced by the cost model (the roofline
+  or a `--profile`'s tables) with the host's control per round and per exit read, as lockstep prices it.
 - Dependencies, the dependency rule of DESIGN.md section 3 in time: a step waits for the device to
   finish the request's earlier steps there (in issue order: this covers a node's previous layer and
   its ancestors' KV, which live on the same device), for the hidden states of nodes crossing from
@@ -152,6 +153,7 @@ class DesResult:
     plan: Plan = field(default=None, repr=False)
     events: list = field(default=None)  # device steps (device, start, end, request ids, step ids), if asked
     commits: list = field(default=None)  # (time, request) of every token, if asked
+    extrapolated: list = field(default_factory=list)  # what a profile priced beyond its measured grid
 
     def fields(self) -> dict:
         """The result-row fields of a DES run."""
@@ -183,14 +185,33 @@ def simulate(log: WorkLog, model, hw, load: Load, *, plan: Plan | None = None, e
     seqs = request_seqs(log.n_seqs, load)
     if engine == "auto":
         engine = "alone" if load.batch == 1 else "simpy"
+    merged = None
     if engine == "alone":
         if load.batch != 1:
             raise ValueError("the closed form needs at most one request in flight (batch 1)")
         res = _alone(plan, dur, load, seqs, want_events)
     else:
-        res = _Serve(plan, dur, load, seqs, model, hw, want_events).run()
+        serve = _Serve(plan, dur, load, seqs, model, hw, want_events)
+        res, merged = serve.run(), serve.merged
     res.plan = plan
+    res.extrapolated = beyond_profile(plan, hw, seqs, merged)
     return res
+
+
+def beyond_profile(plan: Plan, hw, seqs: np.ndarray, merged: dict | None = None) -> list[str]:
+    """What of the steps of the requests' sequences (and of the micro-batches `merged` made of them) a
+    profile prices beyond its measured grid; empty without a profile."""
+    if hw.profile is None:
+        return []
+    ran = np.zeros(plan.log.n_seqs, bool)
+    ran[seqs] = True
+    piece = ran[plan.step_seq[plan.piece_step]]
+    rows, ctx = plan.piece_rows[piece], plan.piece_ctx[piece]
+    heads = plan.head_rows[ran[plan.step_seq]]
+    moved = plan.dep_rows[(plan.dep_rows > 0) & ran[plan.step_seq[plan.dep_dst]]]
+    extent = merged or {"rows": [], "ctx_per_row": [], "heads": []}
+    return hw.profile.extrapolated(np.r_[rows, extent["rows"]], np.r_[ctx / rows, extent["ctx_per_row"]],
+                                   np.r_[heads, extent["heads"]], moved if hw.profile.transfer_s is not None else [])
 
 
 # Memory per simulated token: its commit time, the times it is computed from and its index (four 8-byte
@@ -348,6 +369,8 @@ class _Serve:
         self._cache: dict[int, _SeqSteps] = {}
         self.piece_ptr = np.searchsorted(plan.piece_step, np.arange(plan.n_steps + 1))
         self.micro = load.micro_batch or load.batch
+        # the extremes a profile priced in micro-batches (a step alone is priced as planned)
+        self.merged = None if hw.profile is None else {"rows": [], "ctx_per_row": [], "heads": []}
 
     def steps_of(self, q: int) -> _SeqSteps:
         if q not in self._cache:
@@ -393,25 +416,40 @@ class _Serve:
             self.arrive()
 
     def merged_time(self, picks) -> float:
-        """One device step for several requests: equal layer spans share a weight load."""
+        """One device step for several requests: equal layer spans share a weight load, and the host's
+        control of a round drives all of them (as a lockstep batch shares its rounds); exit reads are
+        each their own."""
         if len(picks) == 1:
             r, j = picks[0]
             return r.steps.dur[j]
         p = self.plan
         spans: dict[tuple, list] = {}
-        heads = 0
+        heads = rounds = 0
         for r, j in picks:
             g = r.steps.glob[j]
+            rounds = max(rounds, int(p.step_rounds[g]))
             for k in range(self.piece_ptr[g], self.piece_ptr[g + 1]):
-                acc = spans.setdefault((int(p.piece_first[k]), int(p.piece_n[k])), [0, 0.0])
+                acc = spans.setdefault((int(p.piece_first[k]), int(p.piece_n[k])), [0, 0.0, 0])
                 acc[0] += int(p.piece_rows[k])
                 acc[1] += float(p.piece_ctx[k])
+                acc[2] += 1  # one request's sequence: its own KV prefix
             heads += int(p.head_rows[g])
         n = np.array([k[1] for k in spans], float)
         rows = np.array([v[0] for v in spans.values()], float)
         ctx = np.array([v[1] for v in spans.values()], float)
-        t = float((n * cost.layer_time(self.model, self.hw, rows, ctx)).sum())
-        return t + (float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0)
+        seqs = np.array([v[2] for v in spans.values()], float)
+        if self.merged is not None:
+            self._extremes(rows, ctx / rows, heads)
+        t = float((n * cost.layer_time(self.model, self.hw, rows, ctx, seqs)).sum())
+        t += float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0
+        return t + rounds * self.hw.round_s + heads * self.hw.exit_s if self.hw.round_s or self.hw.exit_s else t
+
+    def _extremes(self, rows, ctx_per_row, heads):
+        m = self.merged
+        m["rows"] = [min([*m["rows"], *rows]), max([*m["rows"], *rows])]
+        m["ctx_per_row"] = [min([*m["ctx_per_row"], *ctx_per_row]), max([*m["ctx_per_row"], *ctx_per_row])]
+        if heads:
+            m["heads"] = [min([*m["heads"], heads]), max([*m["heads"], heads])]
 
     def device(self, g):
         env = self.env

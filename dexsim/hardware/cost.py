@@ -7,6 +7,12 @@ DESIGN.md section 6. Every hardware and calibration number comes from the GPU ca
            (+ two ring all-reduces per layer under tensor parallelism)
 
 Rows sharing one step share one weight load: that is the whole reason speculative work can be cheap.
+Two properties of how an engine runs a step are data of the device's calibration class (gpus.json,
+each with the measurement behind it): whether streaming the weights overlaps the arithmetic
+(`memory_compute_overlap`: the max above; else the sum, as an eager single-threaded CPU GEMM packs
+its weights and then computes), and whether the rows of one sequence at a layer read that
+sequence's KV prefix once (`kv_prefix_shared`: tree attention, one product of all rows' queries
+with the cached keys) or each row its own.
 """
 from __future__ import annotations
 
@@ -119,8 +125,10 @@ def _measured(seconds, rows) -> dict:
     return {"memory": np.where(rows > 0, seconds, 0.0), "compute": zero, "overhead": zero, "collectives": zero}
 
 
-def layer_parts(model: ModelSpec, hw: Hardware, rows, ctx_tokens) -> dict:
-    """One layer step's memory time, compute time, fixed overhead and TP collectives (arrays broadcast)."""
+def layer_parts(model: ModelSpec, hw: Hardware, rows, ctx_tokens, seqs=None) -> dict:
+    """One layer step's memory time, compute time, fixed overhead and TP collectives (arrays broadcast).
+    `ctx_tokens`: KV positions the rows read, summed over the rows; `seqs`: how many sequences the rows
+    belong to (None: each row its own, as in AR), which matters where the KV prefix is shared."""
     rows = np.asarray(rows, dtype=float)
     ctx = np.asarray(ctx_tokens, dtype=float)
     if hw.profile is not None:
@@ -129,8 +137,12 @@ def layer_parts(model: ModelSpec, hw: Hardware, rows, ctx_tokens) -> dict:
         return _measured(hw.profile.layer(np.maximum(rows, 1), per_row), rows)
     tp, bpw, kvb = hw.tp, model.bytes_per_weight, kv_bytes_per_token(model)
     replicated, split = _activation_elems(model)
+    kv_read = ctx
+    if hw.gpu.kv_prefix_shared and seqs is not None:  # each sequence's prefix once, at its rows' mean context
+        rows_b, ctx_b = np.broadcast_arrays(rows, ctx)
+        kv_read = np.asarray(seqs, float) * np.divide(ctx_b, rows_b, out=np.zeros_like(ctx_b), where=rows_b > 0)
     nbytes = (layer_params(model) * bpw / tp
-              + (ctx + rows) * kvb / tp  # read each row's context, write the new rows' K and V
+              + (kv_read + rows) * kvb / tp  # read the context, write the new rows' K and V
               + rows * (replicated + split / tp) * bpw)
     attention_flops = 4 * model.heads * model.head_dim * ctx  # QK^T and AV over every context position
     flops = (2 * layer_params(model) * rows + attention_flops) / tp
@@ -162,22 +174,31 @@ def head_parts(model: ModelSpec, hw: Hardware, rows) -> dict:
             "collectives": _ring_allgather(hw, rows * SHARD_ARGMAX_BYTES)}
 
 
-def _step_time(parts: dict):
-    t = np.maximum(parts["memory"], parts["compute"]) + parts["overhead"] + parts["collectives"]
+def busy(hw: Hardware, parts: dict):
+    """The streaming-and-arithmetic time of a step: the longer of the two where the device overlaps
+    them, their sum where it does not (its calibration class says which)."""
+    if hw.gpu.memory_compute_overlap:
+        return np.maximum(parts["memory"], parts["compute"])
+    return parts["memory"] + parts["compute"]
+
+
+def _step_time(hw: Hardware, parts: dict):
+    t = busy(hw, parts) + parts["overhead"] + parts["collectives"]
     return float(t) if t.ndim == 0 else t
 
 
-def layer_time(model: ModelSpec, hw: Hardware, rows, ctx_tokens):
-    """Seconds for one layer step of `rows` rows sharing one weight load, reading `ctx_tokens` KV positions.
+def layer_time(model: ModelSpec, hw: Hardware, rows, ctx_tokens, seqs=None):
+    """Seconds for one layer step of `rows` rows sharing one weight load, reading `ctx_tokens` KV positions
+    in all (of `seqs` sequences; None: one per row).
 
-    `rows` and `ctx_tokens` may be arrays (broadcast); a scalar in gives a float out.
+    `rows`, `ctx_tokens` and `seqs` may be arrays (broadcast); a scalar in gives a float out.
     """
-    return _step_time(layer_parts(model, hw, rows, ctx_tokens))
+    return _step_time(hw, layer_parts(model, hw, rows, ctx_tokens, seqs))
 
 
 def head_time(model: ModelSpec, hw: Hardware, rows):
     """Seconds for one exit-head group of `rows` rows (on gemma3-270m this exceeds a layer step)."""
-    return _step_time(head_parts(model, hw, rows))
+    return _step_time(hw, head_parts(model, hw, rows))
 
 
 # --- plain AR decoding -----------------------------------------------------------------------------
@@ -193,8 +214,8 @@ def ar_breakdown(model: ModelSpec, hw: Hardware, context: float) -> dict:
     hp = head_parts(model, hw, rows)
     L = model.layers
     parts = {
-        "layers": L * float(np.maximum(lp["memory"], lp["compute"])),
-        "heads": float(np.maximum(hp["memory"], hp["compute"])),
+        "layers": L * float(busy(hw, lp)),
+        "heads": float(busy(hw, hp)),
         # AR: L rounds and one exit read per token
         "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,
         "collectives": L * float(lp["collectives"]) + float(hp["collectives"]),
@@ -238,12 +259,12 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     if rounds < 0 or stage_crossings < 0:
         raise ValueError("rounds and stage_crossings must be non-negative")
     r = np.arange(loads.size, dtype=float)
-    lp = layer_parts(model, hw, r, r * ctx_per_row)
+    lp = layer_parts(model, hw, r, r * ctx_per_row, seqs=hw.batch)  # a load spans the batch's sequences
     h = np.arange(heads.size, dtype=float)
     hp = head_parts(model, hw, h)
     parts = {
-        "layers": float(loads @ np.maximum(lp["memory"], lp["compute"])),
-        "heads": float(heads @ np.maximum(hp["memory"], hp["compute"])),
+        "layers": float(loads @ busy(hw, lp)),
+        "heads": float(heads @ busy(hw, hp)),
         "overhead": (float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s
                      + float(heads @ h) * hw.exit_s),
         "collectives": float(loads @ lp["collectives"] + heads @ hp["collectives"]),

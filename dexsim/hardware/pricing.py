@@ -217,7 +217,13 @@ def priced_fields(tally: Tally, ar_tally: Tally, model: ModelSpec, hw: cost.Hard
     p, ar = price(tally, model, hw), price(ar_tally, model, hw)
     out = {"sim_seconds": p["sim_seconds"], "tokens_per_s": p["tokens_per_s"],
            "speedup_vs_ar": p["tokens_per_s"] / ar["tokens_per_s"]}
-    if hw.profile is not None:
-        notes = p["extrapolated"] + [n for n in ar["extrapolated"] if n not in p["extrapolated"]]
-        out.update(profile=hw.profile.path, profile_extrapolated=bool(notes), profile_notes=notes)
-    return out
+    return {**out, **profile_fields(hw, p["extrapolated"], ar["extrapolated"])}
+
+
+def profile_fields(hw: cost.Hardware, notes: list[str], ar_notes: list[str]) -> dict:
+    """With a profile: which one priced a result and whether it (or the AR baseline its speedup is
+    taken against) lies beyond the measured grid; `profile_notes` says what. Empty without a profile."""
+    if hw.profile is None:
+        return {}
+    notes = notes + [n for n in ar_notes if n not in notes]
+    return {"profile": hw.profile.path, "profile_extrapolated": bool(notes), "profile_notes": notes}

@@ -149,6 +149,8 @@ class GPUSpec:
     source: str
     round_overhead_s: float = 0.0  # the host's control of one lattice-core round (its class says where from)
     exit_overhead_s: float = 0.0  # ... and of one exit read
+    memory_compute_overlap: bool = True  # a step takes max(memory, compute) (True) or their sum (False)
+    kv_prefix_shared: bool = False  # rows of one sequence at a layer read its KV prefix once (tree attention)
 
     @property
     def layer_overhead_s(self) -> float:
@@ -171,6 +173,7 @@ _GPU_NUMBERS = {"peak_flops": False, "memory_bandwidth": False, "memory_bytes": 
                 "kernel_overhead_s": True, "collective_overhead_s": True, "round_overhead_s": True,
                 "exit_overhead_s": True}
 _LINK_NUMBERS = {"bandwidth": True, "latency_s": True}
+_GPU_FLAGS = ("memory_compute_overlap", "kv_prefix_shared")
 
 
 def _number_problem(key: str, value, zero_ok: bool) -> str | None:
@@ -185,6 +188,9 @@ def _entry_problem(entry: dict) -> str | None:
     for key, zero_ok in _GPU_NUMBERS.items():
         if key in entry and (problem := _number_problem(key, entry[key], zero_ok)):
             return problem
+    for key in _GPU_FLAGS:
+        if key in entry and not isinstance(entry[key], bool):
+            return f"field {key}: {entry[key]!r} is not true or false"
     if "interconnect" in entry:
         link = entry["interconnect"]
         if not isinstance(link, dict) or not isinstance(link.get("kind"), str):
@@ -226,6 +232,8 @@ def _gpu_from_entry(name: str, entry: dict, classes: dict) -> GPUSpec:
     # the calibration class gives shared efficiencies; a GPU entry may override them (a measured profile does)
     merged = {k: v for k, v in classes[cls_name].items() if k != "source"}
     merged.update(entry)
+    if (problem := _entry_problem({k: merged[k] for k in _GPU_FLAGS if k in merged})):
+        raise UserError(f"gpus.json: GPU {name!r}: {problem}")
     fields = {f for f in GPUSpec.__dataclass_fields__ if f not in ("name", "interconnect")}
     try:
         return GPUSpec(name=name, interconnect=Interconnect(**merged["interconnect"]),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +36,7 @@ SHAPE_FIELDS = ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab"
 RATES = ("peak_flops", "memory_bandwidth", "kernel_overhead_s")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # equal and hashed as the one loaded object: hardware holding it keys caches
 class Profile:
     """The measured tables of one device and model shape (seconds)."""
 
@@ -65,7 +66,8 @@ class Profile:
         return _grid1(self.transfer_rows, self.transfer_s, rows)
 
     def extrapolated(self, layer_rows=(), ctx_per_row=None, head_rows=(), transfer_rows=()) -> list[str]:
-        """What of a priced run lies outside the measured grid (empty: nothing)."""
+        """What of a priced run lies outside the measured grid (empty: nothing). `ctx_per_row`: the
+        context per row priced (one value, or every value a run priced)."""
         out = []
         for what, grid, values in (("layer rows", self.rows, layer_rows), ("head rows", self.head_rows, head_rows),
                                    ("transfer rows", self.transfer_rows, transfer_rows)):
@@ -73,10 +75,30 @@ class Profile:
             v = v[v > 0]
             if grid is not None and v.size and (v.min() < grid[0] or v.max() > grid[-1]):
                 out.append(f"{what} {int(v.min())}..{int(v.max())} outside the measured {int(grid[0])}..{int(grid[-1])}")
-        if ctx_per_row is not None and not self.contexts[0] <= ctx_per_row <= self.contexts[-1]:
-            out.append(f"context {ctx_per_row:.0f} per row outside the measured "
+        c = np.asarray([] if ctx_per_row is None else ctx_per_row, float).ravel()
+        if c.size and (c.min() < self.contexts[0] or c.max() > self.contexts[-1]):
+            shown = f"{c.min():.0f}" if c.min() == c.max() else f"{c.min():.0f}..{c.max():.0f}"
+            out.append(f"context {shown} per row outside the measured "
                        f"{int(self.contexts[0])}..{int(self.contexts[-1])}")
         return out
+
+
+_NOTE = re.compile(r"(?P<what>.+?) (?P<lo>\d+)(?:\.\.(?P<hi>\d+))?(?P<per> per row)? outside the measured (?P<grid>.+)")
+
+
+def widest(notes: list[str]) -> list[str]:
+    """Notes of `Profile.extrapolated` from many priced runs as one per kind, over the widest range."""
+    out: dict[str, list] = {}
+    for n in notes:
+        m = _NOTE.fullmatch(n)
+        if m is None:
+            out.setdefault(n, [n])
+            continue
+        lo, hi = float(m["lo"]), float(m["hi"] or m["lo"])
+        w = out.setdefault(m["what"], [None, lo, hi, m["per"] or "", m["grid"]])
+        w[1], w[2] = min(w[1], lo), max(w[2], hi)
+    return [w[0] if len(w) == 1 else f"{what} {w[1]:.0f}{'' if w[1] == w[2] else f'..{w[2]:.0f}'}{w[3]} outside "
+            f"the measured {w[4]}" for what, w in out.items()]
 
 
 def _interp(grid: np.ndarray, x) -> tuple[np.ndarray, np.ndarray]:

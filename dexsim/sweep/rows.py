@@ -31,7 +31,7 @@ def columns() -> tuple:
     """The output columns, in order. Parameters a policy does not have are empty (null in JSON)."""
     return ("key", *key_fields(), "depth_rescaled", "oracle_policy", *COUNTERS, *ACCEPTANCE, "output_matches_trace",
             "sim_seconds", "tokens_per_s", "speedup_vs_ar", "p50_token_latency_s", "p99_token_latency_s",
-            "utilization")
+            "utilization", "profile_extrapolated")
 
 
 _INT, _NUM, _STR, _BOOL, _NULL = (int,), (int, float), (str,), (bool,), (type(None),)
@@ -45,7 +45,8 @@ def column_types() -> dict:
                seed=_INT, gpu=_STR, tp=_INT, pp=_INT, batch=_INT, scheduler=_STR, arrival=_STR + _NULL,
                requests=_INT + _NULL, policy=_STR, depth_rescaled=_BOOL, oracle_policy=_STR + _NULL,
                output_matches_trace=_BOOL, sim_seconds=_NUM, tokens_per_s=_NUM, speedup_vs_ar=_NUM,
-               utilization=(list,) + _NULL)  # des: one share per pipeline stage
+               utilization=(list,) + _NULL,  # des: one share per pipeline stage
+               profile_extrapolated=_BOOL + _NULL)  # null: priced by the roofline
     out.update({name: _KINDS[p.kind] + _NULL for name, p in PARAMS.items()})
     out.update({s.search_column: _STR + _NULL for s in registry.REGISTRY.values() if s.search_column})
     out.update({c: _INT for c in COUNTERS})
@@ -144,8 +145,11 @@ def _simulated(cache: dict, job: Job, log, model, hw, load):
     return cache[key]
 
 
-def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None) -> list[dict]:
-    """The rows of a spec whose replays are done, for every configuration not in `skip`."""
+def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None,
+              notes: list | None = None) -> list[dict]:
+    """The rows of a spec whose replays are done, for every configuration not in `skip`. A row priced
+    from a profile says whether anything of it lies beyond the profile's grid (`profile_extrapolated`);
+    what does is added to `notes`."""
     rows = []
     cache = {} if cache is None else cache
     ar_tally = done[spec.ar][1]
@@ -170,11 +174,15 @@ def make_rows(spec: RowSpec, done: dict, skip: set, cache: dict | None = None) -
             row["oracle_policy"] = res["policy"]
             row.update({k: res.get(k) for k in registry.get(res["policy"]).params if k != "exits"})
         if load is None:
-            row.update((k, v) for k, v in pricing.priced_fields(tally, ar_tally, model, hw).items() if k in row)
+            priced = pricing.priced_fields(tally, ar_tally, model, hw)
         else:
             ar = _simulated(cache, spec.ar, done[spec.ar][2], model, hw, load)
             row.update(des.request_counters(log, load), **sims[best].fields())
             row["speedup_vs_ar"] = sims[best].tokens_per_s / ar.tokens_per_s
+            priced = pricing.profile_fields(hw, sims[best].extrapolated, ar.extrapolated)
+        row.update((k, v) for k, v in priced.items() if k in row)
+        if notes is not None:
+            notes += [n for n in priced.get("profile_notes", ()) if n not in notes]
         row.update(acceptance(row))  # of the row's own counters (the DES counts each simulated request)
         rows.append(row)
     return rows

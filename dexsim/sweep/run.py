@@ -41,23 +41,25 @@ def _effort(job: Job) -> tuple:
 
 
 def sweep(grid: Grid, out: str, *, resume: bool = False, jobs: int = 1, force: bool = False,
-          on_start=None, dask: str | None = None) -> list[dict]:
+          on_start=None, dask: str | None = None, notes: list | None = None) -> list[dict]:
     """Run what `grid` still lacks in the folder `out` (locked meanwhile); returns the grid's rows, in grid
     order. Resumed rows of another grid are refused unless `force` keeps them. `on_start()` is called
     once the folder is locked and its rows checked, before the first replay. `dask`: a scheduler's
-    address to replay on instead of `jobs` local processes."""
+    address to replay on instead of `jobs` local processes. `notes` gathers what rows priced from a
+    profile priced beyond its grid (of the rows made in this run)."""
     named = {k: f for s in grid.specs for k, f in spec_rows(s).items()}
     order = list(named)
     store = RowStore(out, resume, named, force)
     try:
         if on_start is not None:
             on_start()
-        return _run(grid, store, order, jobs, dask)
+        return _run(grid, store, order, jobs, dask, notes)
     finally:
         store.close()
 
 
-def _run(grid: Grid, store: RowStore, order: list[str], n_procs: int, dask: str | None) -> list[dict]:
+def _run(grid: Grid, store: RowStore, order: list[str], n_procs: int, dask: str | None,
+         notes: list | None) -> list[dict]:
     pending = [s for s in grid.specs if any(k not in store.rows for k in spec_keys(s))]
     jobs = list(dict.fromkeys([s.ar for s in pending]))  # the baselines first: every row needs one
     jobs += sorted(dict.fromkeys(j for s in pending for j in s.jobs if j not in jobs), key=_effort, reverse=True)
@@ -75,7 +77,7 @@ def _run(grid: Grid, store: RowStore, order: list[str], n_procs: int, dask: str 
             for s in waiting[job]:
                 missing[id(s)] -= 1
                 if missing[id(s)] == 0:
-                    store.append(make_rows(s, done, store.rows.keys(), cache))
+                    store.append(make_rows(s, done, store.rows.keys(), cache, notes))
             bar.update()
     rows = store.finish(order)
     in_grid = set(order)

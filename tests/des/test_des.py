@@ -201,6 +201,61 @@ def test_one_device_one_request_equals_lockstep(llama, name, kw):
         assert res.tokens == tally.tokens
 
 
+HOST = {"round_overhead_s": 1.0e-4, "exit_overhead_s": 3.0e-5}  # a host that costs something per round and read
+
+
+def _host_hw(hw, **terms):
+    return dataclasses.replace(hw, gpu=dataclasses.replace(hw.gpu, **(terms or HOST)))
+
+
+def test_the_des_charges_the_host_as_lockstep_does_hand_computed():
+    """AR on a 3-token trace, one device, one request: the host adds L rounds and one exit read per
+    token to the time without it, exactly; and that is lockstep pricing's time with the host terms."""
+    trace = synth_trace("llama2-7b", 1, 3, seed=5)
+    _, tally, log = record(trace, AR(trace.L), pps=(1,))
+    model, bare = pricing.hardware("llama2-7b", GPU, 1, 1, 1)
+    hw = _host_hw(bare)
+    assert (tally.tokens, tally.rounds, tally.head_evals) == (3, 3 * 32, 3)
+    with_host, without = simulate(log, model, hw, Load()), simulate(log, model, bare, Load())
+    hand = without.sim_seconds + 3 * 32 * 1.0e-4 + 3 * 3.0e-5
+    assert with_host.sim_seconds == pytest.approx(hand, rel=1e-12)
+    assert with_host.sim_seconds == pytest.approx(pricing.price(tally, model, hw)["sim_seconds"], rel=1e-12)
+    # zero host terms: the very same floats as a GPU that has none
+    zero = simulate(log, model, _host_hw(bare, round_overhead_s=0.0, exit_overhead_s=0.0), Load())
+    assert zero.sim_seconds == without.sim_seconds and np.array_equal(zero.finish, without.finish)
+
+
+@pytest.mark.parametrize("name,kw", POLICIES)
+def test_one_device_one_request_with_host_terms_equals_lockstep(llama, name, kw):
+    _, tally, log = record(llama, make_policy(name, llama.L, **kw), pps=(1, 4))
+    model, hw = pricing.hardware("llama2-7b", GPU, 1, 1, 1)
+    hw = _host_hw(hw)
+    res = simulate(log, model, hw, Load())
+    assert res.sim_seconds == pytest.approx(pricing.price(tally, model, hw)["sim_seconds"], rel=1e-9)
+    assert res.utilization == [pytest.approx(1.0)]
+    # on a pipeline each round's control is charged once (on the stage that starts it), each read once
+    _, many = pricing.hardware("llama2-7b", GPU, 1, 4, 1)
+    plan = compile_plan(log, 4)
+    d0, d1 = durations(plan, model, many), durations(plan, model, _host_hw(many))
+    extra = (d1.step - d0.step).sum()
+    assert extra == pytest.approx(tally.rounds * 1.0e-4 + tally.head_evals * 3.0e-5, rel=1e-9)
+    assert plan.step_rounds.sum() == tally.rounds
+
+
+def test_a_micro_batch_shares_the_round_not_the_reads():
+    """Two requests of one AR sequence arrive together and move as one micro-batch: the host's round
+    is charged once per round, each exit read on its own, as a lockstep batch of 2 is priced."""
+    trace = synth_trace("llama2-7b", 1, 4, seed=7)
+    _, tally, log = record(trace, AR(trace.L), pps=(1,))
+    model, bare = pricing.hardware("llama2-7b", GPU, 1, 1, 2)
+    load = Load(requests=2, rate=2, batch=2)
+    a, b = simulate(log, model, bare, load), simulate(log, model, _host_hw(bare), load)
+    assert a.engine == b.engine == "simpy"
+    assert b.sim_seconds == pytest.approx(a.sim_seconds + tally.rounds * 1.0e-4 + 2 * tally.head_evals * 3.0e-5,
+                                          rel=1e-12)
+    assert b.sim_seconds == pytest.approx(pricing.price(tally, model, _host_hw(bare))["sim_seconds"], rel=1e-9)
+
+
 @pytest.mark.parametrize("pp", [2, 4, 8])
 def test_ar_on_a_pipeline_is_one_device_plus_transfers(llama, pp):
     lat, tally, log = record(llama, AR(llama.L), pps=(1, pp))

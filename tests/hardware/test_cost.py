@@ -253,3 +253,68 @@ def test_cli_listings(cmd, capsys):
     assert main([cmd, "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert set(listing) == set(gpus() if cmd == "gpus" else models())
+
+
+# --- how an engine runs a step: overlap of streaming and arithmetic, a shared KV prefix -----------------
+
+def test_overlap_and_shared_prefix_hand_computed():
+    """A made-up device (1 GB/s, 1 GFLOP/s, no overhead) on SmolLM2's shape: a step is the longer of its
+    bytes and FLOPs where they overlap and their sum where not; rows of one sequence read its KV prefix
+    once where it is shared, while every row still does its attention arithmetic."""
+    m = get_model("smollm2-135m")
+    base = dataclasses.replace(get_gpu("a100-sxm4-80gb"), peak_flops=1e9, compute_efficiency=1.0,
+                               memory_bandwidth=1e9, bandwidth_efficiency=1.0, kernel_overhead_s=0.0)
+    bpw, kvb = m.bytes_per_weight, 2 * m.kv_heads * m.head_dim * m.bytes_per_weight
+    act = (14 * m.hidden + (2 * m.heads + 2 * m.kv_heads) * m.head_dim + 6 * m.intermediate) * bpw
+    rows, ctx = 4, 4 * 300  # four rows, 300 positions each
+    weights = cost.layer_params(m) * bpw
+    flops = 2 * cost.layer_params(m) * rows + 4 * m.heads * m.head_dim * ctx
+    per_row_kv = weights + (ctx + rows) * kvb + rows * act
+    shared_kv = weights + (300 + rows) * kvb + rows * act  # one sequence: its 300 positions once
+    cases = [(True, False, 1, max(per_row_kv, flops)), (False, False, 1, per_row_kv + flops),
+             (True, True, 1, max(shared_kv, flops)), (False, True, 1, shared_kv + flops),
+             (False, True, None, per_row_kv + flops),  # seqs unknown (AR's rows): each row its own
+             (False, True, 4, per_row_kv + flops)]  # four sequences of one row each: the same
+    for overlap, shared, seqs, hand_s in cases:
+        hw = cost.Hardware(dataclasses.replace(base, memory_compute_overlap=overlap, kv_prefix_shared=shared))
+        assert cost.layer_time(m, hw, rows, ctx, seqs) == pytest.approx(hand_s / 1e9, rel=1e-12), (overlap, shared, seqs)
+    # AR is priced the same either way: its rows are distinct sequences
+    for shared in (False, True):
+        hw = cost.Hardware(dataclasses.replace(base, kv_prefix_shared=shared), batch=4)
+        ar = cost.ar_breakdown(m, hw, 300)
+        assert ar["layers"] == pytest.approx(m.layers * max(per_row_kv, flops) / 1e9, rel=1e-12)
+
+
+def test_gpus_overlap_and_read_kv_per_row_the_cpu_class_neither():
+    for name, g in gpus().items():
+        assert (g.memory_compute_overlap, g.kv_prefix_shared) == ((False, True) if name == "cpu-local" else (True, False))
+    for c in gpu_calibrations().values():
+        assert "memory_compute_overlap" in c["source"] and "kv_prefix_shared" in c["source"]
+
+
+@pytest.mark.parametrize("field", ["memory_compute_overlap", "kv_prefix_shared"])
+def test_a_non_boolean_flag_in_a_cpu_profile_is_one_line(tmp_path, monkeypatch, field):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    (tmp_path / "dexsim").mkdir()
+    (tmp_path / "dexsim" / "cpu-local.json").write_text(json.dumps({field: "yes"}))
+    with pytest.raises(UserError, match=f"cpu-local.json: cpu-local profile: field {field}: 'yes' is not true or false"):
+        gpus()
+
+
+def test_des_on_the_cpu_class_prices_as_lockstep():
+    """One device, one request, on cpu-local (sum, shared prefix): a DES step prices its rows' own
+    context, lockstep every load at the trace's mean context per row, so with the prefix read once per
+    load they differ by how the context varies within a round, a few parts per million here."""
+    from dexsim.core.registry import make_policy
+    from dexsim.des.record import record
+    from dexsim.des.simulate import Load, simulate
+    from dexsim.hardware import pricing
+    from dexsim.traces.format import load_trace
+    from dexsim.traces.transforms import first_seqs, first_tokens
+
+    trace = first_tokens(first_seqs(load_trace("traces/smollm2-135m-lens-humaneval-raw.npz"), 2), 8)
+    model, hw = pricing.hardware("smollm2-135m", "cpu-local", 1, 1, 1)
+    for name, kw in (("ar", {}), ("dex", {"explorers": 8, "buffer": 16, "priority": "deep"})):
+        _, tally, log = record(trace, make_policy(name, trace.L, depths=trace.depths, **kw), pps=(1,))
+        lock = pricing.price(tally, model, hw)["sim_seconds"]
+        assert simulate(log, model, hw, Load()).sim_seconds == pytest.approx(lock, rel=1e-12 if name == "ar" else 1e-4)

@@ -3,12 +3,14 @@ hand-computed values, extrapolation flagged, bad or foreign profiles refused in 
 `calibrate` writing the same format that the cpu-local entry reads."""
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
 import pytest
 
 from cli.clirun import check_clean, error_line, run_cli
+from dexsim.core import registry
 from dexsim.core.policies import AR
 from dexsim.hardware import cost, pricing
 from dexsim.specs.catalog import get_gpu, get_model
@@ -173,3 +175,52 @@ def test_calibrate_writes_a_profile_the_cpu_local_entry_reads(tmp_path, monkeypa
     out.write_text(json.dumps({"format": "dex-profile/1"}))
     run = run_cli("dexsim", ["gpus"])
     assert run.rc == 2 and "cpu-local.json" in error_line(run) and "rates" in error_line(run)
+
+
+def test_sweep_rows_flag_extrapolation_once_per_sweep(write, tmp_path):
+    """Every sweep row priced from a profile says whether it lies beyond the grid (lockstep and DES,
+    its AR baseline included); the sweep says so in one stderr line; roofline rows leave it null."""
+    path = write(profile_dict(contexts=[1, 100000]))  # only the rows can fall outside: 1..4 measured
+    out = tmp_path / "res"
+    argv = ["sweep", "--traces", TRACE, "--max-seqs", "2", "--max-tokens", "6", "--policies", "ar,dex",
+            "--explorers", "2,8", "--exits", "every:8", "--gpus", "cpu-local", "--pp", "1", "--batch", "1,2",
+            "--scheduler", "lockstep,des", "--jobs", "1"]
+    run = run_cli("dexsim", [*argv, "--profile", path, "--out", out])
+    check_clean(run)
+    rows = json.loads((out / "sweep.json").read_text())
+    assert {type(r["profile_extrapolated"]) for r in rows} == {bool}
+    flagged = {(r["policy"], r["explorers"], r["batch"], r["scheduler"]) for r in rows if r["profile_extrapolated"]}
+    assert all(r["profile_extrapolated"] is False for r in rows if r["policy"] == "ar")
+    assert ("dex", 8, 2, "lockstep") in flagged and ("dex", 8, 2, "des") in flagged  # 8 explorers x batch 2 rows
+    # a lockstep row's flag is the pricing's own
+    trace = first_tokens(first_seqs(load_trace(TRACE), 2), 6)
+    on = pricing.hardware("smollm2-135m", "cpu-local", batch=2, profile=load_profile(path))
+    for r in rows:
+        if r["scheduler"] == "lockstep" and r["batch"] == 2 and r["policy"] == "dex":
+            _, tally = pricing.replay_tally(trace, registry.make_policy("dex", 30, exits=(8, 16, 24), explorers=r["explorers"],
+                                                                        buffer=r["buffer"], priority=r["priority"]))
+            assert r["profile_extrapolated"] == bool(pricing.price(tally, *on)["extrapolated"])
+    lines = [x for x in run.err.splitlines() if "profile_extrapolated" in x]
+    n_flagged = sum(r["profile_extrapolated"] for r in rows)
+    assert len(lines) == 1 and f"{n_flagged} of {len(rows)} rows" in lines[0]
+    assert "layer rows 1..8 outside the measured 1..4" in lines[0]
+    csv_rows = list(csv.DictReader((out / "sweep.csv").read_text().splitlines()))
+    assert [c["profile_extrapolated"] for c in csv_rows] == [str(r["profile_extrapolated"]) for r in rows]
+    # the roofline: no profile, nothing to flag (null in JSON, empty in csv), no note
+    run = run_cli("dexsim", [*argv[:8], "ar", *argv[13:], "--out", tmp_path / "roof"])
+    check_clean(run)
+    assert all(r["profile_extrapolated"] is None for r in json.loads((tmp_path / "roof" / "sweep.json").read_text()))
+    roof_csv = (tmp_path / "roof" / "sweep.csv").read_text().splitlines()
+    assert all(c["profile_extrapolated"] == "" for c in csv.DictReader(roof_csv))
+    assert "profile_extrapolated" not in run.err
+
+
+def test_des_replay_flags_extrapolation(write):
+    path = write(profile_dict())
+    run = run_cli("dexsim", ["replay", "--trace", TRACE, "--policy", "dex", "-k", "8", "--buffer", "16",
+                             "--profile", path, "--scheduler", "des", "--json"])
+    check_clean(run)
+    out = json.loads(run.out)
+    assert out["profile"] == path and out["profile_extrapolated"] is True
+    assert "head rows 1..8 outside the measured 1..4" in run.err  # 8 explorers read 8 exits in one round
+    assert "per row outside the measured 100..300" in run.err  # the DES prices each step at its own context

@@ -71,7 +71,7 @@ def test_ar_through_the_cli_matches_the_cost_model(llama, capsys):
                                                 rel=0.01)
 
 
-def _unit_layer(model, hw, rows, ctx_tokens):
+def _unit_layer(model, hw, rows, ctx_tokens, seqs=None):
     rows = np.asarray(rows, dtype=float)
     zero = np.zeros_like(rows)
     return {"memory": np.ones_like(rows), "compute": zero, "overhead": zero, "collectives": zero}
