@@ -366,7 +366,8 @@ class Search:
         _, name, params, _ = self.active[number]
         rec = {"value": score(row, self.s.cfg.objective), "tokens_per_s": row["tokens_per_s"],
                "speedup_vs_ar": row["speedup_vs_ar"], "p50": row["p50_token_latency_s"],
-               "p99": row["p99_token_latency_s"], "exits": row["exits"], "replays": replays, "trial": number}
+               "p99": row["p99_token_latency_s"], "exits": row["exits"], "replays": replays, "trial": number,
+               "profile_extrapolated": row["profile_extrapolated"]}
         self.memo.setdefault(config_key(name, params), {})[stage] = rec
 
     def _settle(self, number: int) -> bool:
@@ -438,7 +439,7 @@ def open_study(s: Setting, out: Path, resume: bool, optuna):
 # ---------------------------------------------------------------------------- results
 
 TRIAL_COLUMNS = ("number", "state", "policy", "configuration", "value", "sequences", "tokens_per_s", "speedup_vs_ar",
-                 "replays", *PARAMS)
+                 "profile_extrapolated", "replays", *PARAMS)
 
 
 def trial_rows(study, optuna) -> list[dict]:
@@ -455,7 +456,8 @@ def trial_rows(study, optuna) -> list[dict]:
         row = {c: None for c in TRIAL_COLUMNS}
         row.update(number=t.number, state=states[t.state], policy=t.params.get("policy"), value=rec.get("value"),
                    sequences=int(last) if last else None, tokens_per_s=rec.get("tokens_per_s"),
-                   speedup_vs_ar=rec.get("speedup_vs_ar"), replays=sum(r.get("replays", 0) for r in stages.values()),
+                   speedup_vs_ar=rec.get("speedup_vs_ar"), profile_extrapolated=rec.get("profile_extrapolated"),
+                   replays=sum(r.get("replays", 0) for r in stages.values()),
                    **{k: v for k, v in params.items()})
         row["configuration"] = registry.describe({**row, "exits": rec.get("exits", params.get("exits"))})
         out.append(row)
@@ -498,9 +500,11 @@ def best_per_family(s: Setting, study, optuna, pool: Pool) -> tuple[list[dict], 
         entries.append({"policy": name, "configuration": registry.describe(h), "trial": t.number,
                         "params": t.user_attrs["params"], "single_depth": registry.REGISTRY[name].single_depth,
                         "in_sample": {"value": rec["value"], "tokens_per_s": rec["tokens_per_s"],
-                                      "speedup_vs_ar": rec["speedup_vs_ar"]},
+                                      "speedup_vs_ar": rec["speedup_vs_ar"],
+                                      "profile_extrapolated": rec.get("profile_extrapolated")},
                         "held_out": {"value": score(h, s.cfg.objective), "tokens_per_s": h["tokens_per_s"],
-                                     "speedup_vs_ar": h["speedup_vs_ar"]}})
+                                     "speedup_vs_ar": h["speedup_vs_ar"],
+                                     "profile_extrapolated": h["profile_extrapolated"]}})
     singles = [e for e in entries if e["single_depth"]]
     if singles:
         ref = max(singles, key=lambda e: sign * e["in_sample"]["value"])

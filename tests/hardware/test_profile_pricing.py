@@ -224,3 +224,20 @@ def test_des_replay_flags_extrapolation(write):
     assert out["profile"] == path and out["profile_extrapolated"] is True
     assert "head rows 1..8 outside the measured 1..4" in run.err  # 8 explorers read 8 exits in one round
     assert "per row outside the measured 100..300" in run.err  # the DES prices each step at its own context
+
+
+def test_tune_trials_and_winners_carry_the_extrapolation_flag(write, tmp_path):
+    """A tune priced from a profile: each trial (trials.csv/json) and each winner, in-sample and held
+    out says whether it was priced beyond the profile's grid: here every one is (rows 2..4 measured, every
+    run has steps of one row)."""
+    pytest.importorskip("optuna")
+    path = write(profile_dict(contexts=[1, 100000], rows=[2, 4], layer_s=[[1.5e-3, 2.5e-3], [3.0e-3, 7.0e-3]]))
+    out = tmp_path / "tune"
+    run = run_cli("dexsim", ["tune", "--trace", TRACE, "--gpu", "cpu-local", "--profile", path, "--policies", "dex",
+                             "--explorers", "8", "--buffer", "8", "--trials", "3", "--max-seqs", "4",
+                             "--max-tokens", "6", "--out", out])
+    check_clean(run)
+    trials = json.loads((out / "trials.json").read_text())
+    assert trials and all(t["profile_extrapolated"] is True for t in trials)
+    best = json.loads((out / "best.json").read_text())["best"]
+    assert best and all(e[part]["profile_extrapolated"] is True for e in best for part in ("in_sample", "held_out"))
