@@ -80,6 +80,8 @@ def test_every_trial_is_in_the_history_with_its_state_and_the_summary_names_each
     assert {t["state"] for t in trials} <= {"complete", "pruned"}
     assert all(t["value"] is not None and t["policy"] in tuning.families() for t in trials)
     assert (out / tuning.TRIALS_CSV).read_text().count("\n") == 26
+    polish = [t for t in _finished(out).values() if "neighbour_of" in t.user_attrs]  # the last fifth
+    assert polish and all(t.number >= 25 - int(tuning.POLISH * 25) for t in polish)
     best = json.loads((out / tuning.BEST_JSON).read_text())
     named = {e["policy"] for e in best["best"]}
     for e in best["best"]:
@@ -203,3 +205,22 @@ def test_tune_searches_eviction_and_it_reaches_the_core(tmp_path):
         runs[eviction] = replay(load_trace(path), policy).counters.totals()
     assert runs["on"]["tokens"] == runs["off"]["tokens"] == trace.n_tokens
     assert runs["on"] != runs["off"]
+
+
+def test_the_neighbours_of_a_trial_are_one_step_away(planted, tmp_path):
+    s = tuning.resolve(tuning.TuneConfig(trace=planted, policies="dex", out=str(tmp_path)),
+                       HardwareConfig(gpu="a100-sxm4-80gb"))
+    study = optuna.create_study(direction="maximize")
+    fixed = {"policy": "dex", "dex.exits_n": 3, "dex.exit_0": 12, "dex.exit_1": 24, "dex.explorers": 2,
+             "dex.buffer": 4, "dex.priority": "deep", "dex.eviction": "on"}
+    study.enqueue_trial(fixed)
+    trial = study.ask()
+    tuning.suggest(trial, s)
+    study.tell(trial, 1.0)
+    got = tuning.neighbours(study.trials[0], s)
+    changed = [{k: v for k, v in n.items() if fixed.get(k) != v} | {k: None for k in fixed if k not in n} for n in got]
+    expect = [{"dex.exit_0": 8}, {"dex.exit_0": 16}, {"dex.exit_1": 20}, {"dex.exit_1": 28},
+              {"dex.explorers": 1}, {"dex.explorers": 3}, {"dex.buffer": 3}, {"dex.buffer": 5},
+              *({"dex.priority": p} for p in ("eager", "align", "confident")), {"dex.eviction": "off"},
+              {"dex.exits_n": 4}, {"dex.exits_n": 2, "dex.exit_1": None}]
+    assert sorted(map(json.dumps, changed)) == sorted(map(json.dumps, expect))
