@@ -2,8 +2,9 @@
 method and the best DEX against batch size and Poisson arrival rate, on one device and on a pipeline.
 
     python benchmarks/load_curves.py [--traces T1,T2] [--trials 100] [--batches 1,2,4,8,16,32]
-        [--rates 0.01,0.02,0.05,...,1.5] [--poisson-batch 32] [--out results/load_curves]
-    python -m viz load results/load_curves/load_curves.json
+        [--rates 0.01,0.02,0.05,...,1.5] [--poisson-batch 32] [--synth-seqs 128]
+        [--retune [--retune-trials 12]] [--out results/load_curves]
+    python -m viz load results/load_curves/load_curves.json [results/load_curves/retuned/load_curves.json]
 
 For each trace and setting (one A100; a 4-stage A100 pipeline), all under the DES:
 
@@ -18,6 +19,20 @@ For each trace and setting (one A100; a 4-stage A100 pipeline), all under the DE
 3. Crossovers: for each metric, DEX's advantage over AR and over the single-depth winner (their
    difference over the larger of the two, positive where DEX is better) along each axis; the first point where a positive advantage reaches
    zero is interpolated linearly in log(x) between the two points around it.
+
+A synthetic trace of fewer than `--synth-seqs` sequences (the bundled ones hold 16) is first replaced
+by one of that many drawn from the same distribution (its own `dexsim synth` arguments, from its meta)
+under the next seed, written to OUT/traces/ (`grown`): otherwise its held-out half is 8 sequences,
+cycled to make a point's requests.
+
+`--retune` (`retuned`): the batch-1 winners of step 1 may not be the best under load, so at every
+load point the single-depth and DEX searches run again under that point's batch and arrivals, once
+per metric with it as the objective (`--retune-trials` trials each: 12 cover each family's first
+guesses and a few sampled ones); each winner's held-out value is that point's metric. The rate
+points' tokens/s is not searched: under Poisson arrivals it is the offered load until a method
+saturates, then its closed-loop rate at the cap, so it comes from the closed-loop search at the
+cap. The re-tuned curves and crossovers go to OUT/retuned/load_curves.json (the same fields, plus
+every winner), and a table sets each crossover beside the batch-1 winners' one.
 
 Writes OUT/load_curves.json (the setting, machine, date and command; every point; the crossovers),
 OUT/load_curves.csv (the points) and the tunes under OUT/tune/.
@@ -383,7 +398,7 @@ def main():
                                                                  "sequences, 2 x the largest batch))")
     ap.add_argument("--retune", action="store_true", help="also search the single-depth and DEX winners again at "
                     "every load point, once per metric (written to OUT/retuned/)")
-    ap.add_argument("--retune-trials", type=int, default=30, help="trials of each search at each load point")
+    ap.add_argument("--retune-trials", type=int, default=12, help="trials of each search at each load point")
     ap.add_argument("--synth-seqs", type=int, default=SYNTH_SEQS, help="replace a synthetic trace of fewer sequences "
                     "by one of this many from the same distribution, next seed (0: use it as given)")
     ap.add_argument("--max-tokens", type=int, default=32)

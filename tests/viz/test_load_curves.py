@@ -213,3 +213,13 @@ def test_bad_flag_is_one_line_and_exit_2(flag):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_curves.py"), *flag], capture_output=True,
                        text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and flag[0] in r.stderr, r.stderr
+
+
+def test_viz_load_plots_the_retuned_curves(retuned, tmp_path, capsys):
+    lc, result, d = retuned
+    path = d / "out" / "retuned" / "load_curves.json"
+    assert main(["load", str(path), "--out", str(tmp_path)]) == 0
+    assert len(capsys.readouterr().out.split()) == len(lc.SETTINGS)
+    c = result["retuned"]["crossovers"][0]
+    fig = loadplot.load_figure(json.loads(path.read_text()), c["trace"], c["setting"])
+    assert "re-tuned at each point" in fig._suptitle.get_text()
