@@ -101,7 +101,7 @@ def winner(path: str, hw: HardwareConfig, method: str, trials: int, folder: Path
     and objective; the entry holds its objective on the held-out half (`held_out.value`)."""
     cfg = tuning.TuneConfig(trace=path, policies=FAMILIES[method], scheduler="des", arrival=arrival,
                             requests=requests, objective=objective, trials=trials, out=str(folder),
-                            max_tokens=max_tokens, seed=seed)
+                            max_tokens=max_tokens, seed=seed, resume=True)  # a killed run's searches continue
     s = tuning.resolve(cfg.checked(), hw)
     best = [e for e in tuning.tune(s)["best"] if method == "dex" or e["single_depth"]]
     if not best:
@@ -178,13 +178,15 @@ def retuned(path: str, s, label: str, ar_points: list, saturation: float, batche
     each winner there, under the same load: the best each method reaches at that load for that metric).
     Tokens/s under Poisson arrivals is the offered load until a method saturates, and then its
     closed-loop rate at the cap, so the rate points take their tokens/s winner from the closed-loop
-    search at `poisson_batch` rather than search it at every rate. AR's points are `ar_points`.
-    Returns (points, winners)."""
+    search at `poisson_batch` rather than search it at every rate. AR's points are `ar_points`: only
+    their load points are re-tuned (all, or a subset). Returns (points, winners)."""
     trace = os.path.basename(path)
     points, found = list(ar_points), []
     ar = {(p["axis"], p["x"]): p for p in ar_points}
     capped = {}  # method -> (policy, params) of the closed-loop tokens/s search at the cap
     for axis, x, batch, arrival in load_points(sorted({*batches, poisson_batch}), rates, saturation, poisson_batch):
+        if (axis, x) not in ar and not (axis == "batch" and x == poisson_batch):
+            continue
         hw = HardwareConfig(gpu=GPU, pp=s.hw.pp, batch=batch)
         for method in FAMILIES:
             point = {**ar[axis, x], "method": method} if (axis, x) in ar else None
@@ -319,9 +321,11 @@ def grown(path: str, seqs: int, folder: Path) -> str:
 
 
 def run(traces, trials: int, batches, rates, requests: int | None, poisson_batch: int, out: Path,
-        max_tokens: int = 32, seed: int = 0, log=print, retune_trials: int = 0, synth_seqs: int = 0) -> dict:
+        max_tokens: int = 32, seed: int = 0, log=print, retune_trials: int = 0, synth_seqs: int = 0,
+        retune_batches=None, retune_rates=None) -> dict:
     """Every trace and setting's curves; with `retune_trials` > 0 also the curves re-tuned at every load
-    point (`retuned`), under the result's "retuned" key; with `synth_seqs` a synthetic trace of fewer
+    point (`retuned`; only at `retune_batches` and `retune_rates`, subsets of the others, where given),
+    under the result's "retuned" key; with `synth_seqs` a synthetic trace of fewer
     sequences is replaced by a larger one of the same distribution (`grown`)."""
     points, settings, kinds, again, found = [], [], {}, [], []
     for given in traces:
@@ -346,7 +350,10 @@ def run(traces, trials: int, batches, rates, requests: int | None, poisson_batch
             log(f"{os.path.basename(path)} {label}: single {methods['single']}, dex {methods['dex']}, AR saturation {saturation:.3g} req/s, {time.perf_counter() - t0:.0f} s, load {load0:.1f}")
             if retune_trials:
                 t1 = time.perf_counter()
-                ar = [p for p in got if p["method"] == "ar"]
+                at = {(a, x) for a, x, _, _ in load_points(batches if retune_batches is None else retune_batches,
+                                                           rates if retune_rates is None else retune_rates,
+                                                           saturation, poisson_batch)}
+                ar = [p for p in got if p["method"] == "ar" and (p["axis"], p["x"]) in at]
                 pts, won = retuned(path, s, label, ar, saturation, batches, rates, n, poisson_batch, retune_trials,
                                    folder / "retune", max_tokens, seed)
                 again += pts
@@ -358,7 +365,8 @@ def run(traces, trials: int, batches, rates, requests: int | None, poisson_batch
               "crossovers": crossovers(points)}
     if retune_trials:
         result["retuned"] = {"trials": retune_trials, "points": again, "crossovers": crossovers(again),
-                             "winners": found}
+                             "winners": found, "batches": list(batches if retune_batches is None else retune_batches),
+                             "rate_factors": list(rates if retune_rates is None else retune_rates)}
     return result
 
 
@@ -375,7 +383,7 @@ def compare(result: dict) -> str:
     lines = ["| trace | setting | DEX vs | axis | metric | batch-1 winners | re-tuned per point |", "|" + "---|" * 7]
     for c in result["crossovers"]:
         k = (c["trace"], c["setting"], c["versus"], c["axis"], c["metric"])
-        cells = [_cell(c), _cell(again[k])]
+        cells = [_cell(c), _cell(again[k]) if k in again else "not re-tuned"]
         lines.append("| " + " | ".join([c["trace"].removesuffix(".npz"), c["setting"], c["versus"], c["axis"],
                                         SHORT[c["metric"]], *cells]) + " |")
     return "\n".join(lines)
@@ -399,6 +407,8 @@ def main():
     ap.add_argument("--retune", action="store_true", help="also search the single-depth and DEX winners again at "
                     "every load point, once per metric (written to OUT/retuned/)")
     ap.add_argument("--retune-trials", type=int, default=12, help="trials of each search at each load point")
+    ap.add_argument("--retune-batches", default=None, help="re-tune at these batch sizes only (some of --batches)")
+    ap.add_argument("--retune-rates", default=None, help="re-tune at these rates only (some of --rates)")
     ap.add_argument("--synth-seqs", type=int, default=SYNTH_SEQS, help="replace a synthetic trace of fewer sequences "
                     "by one of this many from the same distribution, next seed (0: use it as given)")
     ap.add_argument("--max-tokens", type=int, default=32)
@@ -408,11 +418,23 @@ def main():
         if v < low:
             print(f"error: {flag} {v}: must be >= {low}", file=sys.stderr)
             raise SystemExit(2)
+    batches, rates = [int(b) for b in args.batches.split(",")], [float(r) for r in args.rates.split(",")]
+    subsets = {}
+    for flag, text, full, kind in (("--retune-batches", args.retune_batches, batches, int),
+                                   ("--retune-rates", args.retune_rates, rates, float)):
+        try:
+            vals = None if text is None else [kind(v) for v in text.split(",")]
+        except ValueError:
+            vals = []
+        if vals is not None and (not vals or not set(vals) <= set(full)):
+            print(f"error: {flag} {text}: must be some of {','.join(map(str, full))}", file=sys.stderr)
+            raise SystemExit(2)
+        subsets[flag[2:].replace("-", "_")] = vals
     out = Path(args.out)
     t0 = time.time()
-    result = run(args.traces.split(","), args.trials, [int(b) for b in args.batches.split(",")],
-                 [float(r) for r in args.rates.split(",")], args.requests, args.poisson_batch, out, args.max_tokens,
-                 retune_trials=args.retune_trials if args.retune else 0, synth_seqs=args.synth_seqs)
+    result = run(args.traces.split(","), args.trials, batches, rates, args.requests, args.poisson_batch, out,
+                 args.max_tokens, retune_trials=args.retune_trials if args.retune else 0, synth_seqs=args.synth_seqs,
+                 **subsets)
     result.update(command=" ".join(["python", *sys.argv]), machine=f"{platform.node()} ({os.cpu_count()} cores, "
                   f"{platform.processor() or platform.machine()})", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
                   wall_s=time.time() - t0)

@@ -206,7 +206,8 @@ def test_rate_tokens_per_s_is_the_caps_closed_loop_winner(retuned):
             assert (w["policy"], w["params"]) == (cap["policy"], cap["params"])
 
 
-@pytest.mark.parametrize("flag", [["--retune-trials", "0"], ["--synth-seqs", "-1"]])
+@pytest.mark.parametrize("flag", [["--retune-trials", "0"], ["--synth-seqs", "-1"], ["--retune-batches", "3"],
+                                  ["--retune-rates", "0.5,x"]])
 def test_bad_flag_is_one_line_and_exit_2(flag):
     import subprocess
     import sys
@@ -223,3 +224,17 @@ def test_viz_load_plots_the_retuned_curves(retuned, tmp_path, capsys):
     c = result["retuned"]["crossovers"][0]
     fig = loadplot.load_figure(json.loads(path.read_text()), c["trace"], c["setting"])
     assert "re-tuned at each point" in fig._suptitle.get_text()
+
+
+def test_retune_at_a_subset_resumes_the_searches_a_full_run_made(retuned):
+    """A re-tune at some load points only: those points, and (the searches resumed from the full run's
+    folder, as a killed run's are) the same winners and values there."""
+    lc, result, d = retuned
+    (name, _), = result["traces"].items()
+    sub = lc.run([str(d / "out" / "traces" / name)], 3, [1, 2], [1.0], 4, 2, d / "out", max_tokens=8,
+                 log=lambda _: None, retune_trials=3, retune_batches=[2], retune_rates=[])
+    full = {(p["setting"], p["axis"], p["x"], p["method"]): p for p in result["retuned"]["points"]}
+    got = sub["retuned"]["points"]
+    assert sorted({(p["axis"], p["x"]) for p in got}) == [("batch", 2)]
+    for p in got:
+        assert p == full[p["setting"], p["axis"], p["x"], p["method"]]
