@@ -55,6 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dexsim.core import registry  # noqa: E402
+from dexsim.errors import UserError  # noqa: E402
 from dexsim.hardware.pricing import HardwareConfig  # noqa: E402
 from dexsim.sweep import tune as tuning  # noqa: E402
 from dexsim.sweep.rows import make_rows, run_job  # noqa: E402
@@ -432,9 +433,13 @@ def main():
         subsets[flag[2:].replace("-", "_")] = vals
     out = Path(args.out)
     t0 = time.time()
-    result = run(args.traces.split(","), args.trials, batches, rates, args.requests, args.poisson_batch, out,
-                 args.max_tokens, retune_trials=args.retune_trials if args.retune else 0, synth_seqs=args.synth_seqs,
-                 **subsets)
+    try:
+        result = run(args.traces.split(","), args.trials, batches, rates, args.requests, args.poisson_batch, out,
+                     args.max_tokens, retune_trials=args.retune_trials if args.retune else 0,
+                     synth_seqs=args.synth_seqs, **subsets)
+    except UserError as e:  # a bad trace, or an --out holding another setting's searches
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     result.update(command=" ".join(["python", *sys.argv]), machine=f"{platform.node()} ({os.cpu_count()} cores, "
                   f"{platform.processor() or platform.machine()})", date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(t0)),
                   wall_s=time.time() - t0)

@@ -238,3 +238,20 @@ def test_retune_at_a_subset_resumes_the_searches_a_full_run_made(retuned):
     assert sorted({(p["axis"], p["x"]) for p in got}) == [("batch", 2)]
     for p in got:
         assert p == full[p["setting"], p["axis"], p["x"], p["method"]]
+
+
+def test_out_holding_another_traces_searches_is_one_line_and_exit_2(retuned, tmp_path):
+    """The searches resume from --out, so a folder of another trace's (same name) is refused, not mixed in."""
+    import shutil
+    import subprocess
+    import sys
+    lc, result, d = retuned
+    (name, _), = result["traces"].items()
+    other = tmp_path / name
+    save_trace(synth_trace("gemma3-270m", 6, 8, depths="every:3", ead="beta:2,1", seed=9), other)
+    out = tmp_path / "out"
+    shutil.copytree(d / "out" / "tune", out / "tune")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_curves.py"), "--traces", str(other),
+                        "--trials", "3", "--batches", "1,2", "--rates", "1.0", "--poisson-batch", "2", "--requests", "4",
+                        "--max-tokens", "8", "--synth-seqs", "0", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "another setting" in r.stderr, r.stderr
