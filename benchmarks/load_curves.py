@@ -172,14 +172,16 @@ def load_points(batches, rates, saturation: float, poisson_batch: int) -> list[t
 
 
 def retuned(path: str, s, label: str, ar_points: list, saturation: float, batches, rates, requests: int,
-            poisson_batch: int, trials: int, folder: Path, max_tokens: int, seed: int) -> tuple[list, list]:
+            poisson_batch: int, trials: int, folder: Path, max_tokens: int, seed: int, first: dict) -> tuple[list, list]:
     """The curves of one trace and setting with the single-depth and DEX winners searched again at every
     load point, once per metric with that metric as the objective, on the tuning half under that point's
     batch and arrivals; a point's metric is its own winner's on the held-out half (the tune replays
     each winner there, under the same load: the best each method reaches at that load for that metric).
     Tokens/s under Poisson arrivals is the offered load until a method saturates, and then its
     closed-loop rate at the cap, so the rate points take their tokens/s winner from the closed-loop
-    search at `poisson_batch` rather than search it at every rate. AR's points are `ar_points`: only
+    search at `poisson_batch` rather than search it at every rate. A short search may miss what the
+    batch-1 search found (`first`: method -> its winner), so that winner is timed on the tuning half
+    under the point's load too and kept where it does better there. AR's points are `ar_points`: only
     their load points are re-tuned (all, or a subset). Returns (points, winners)."""
     trace = os.path.basename(path)
     points, found = list(ar_points), []
@@ -191,7 +193,7 @@ def retuned(path: str, s, label: str, ar_points: list, saturation: float, batche
         hw = HardwareConfig(gpu=GPU, pp=s.hw.pp, batch=batch)
         for method in FAMILIES:
             point = {**ar[axis, x], "method": method} if (axis, x) in ar else None
-            config = {}
+            config, rows = {}, []  # rows: the batch-1 winner timed on both halves under this load, once
             for metric, objective in OBJECTIVE.items():
                 where = folder / f"{axis}-{x:g}" / f"{method}-{objective}"
                 if axis == "rate" and objective == "tokens_per_s":
@@ -201,12 +203,20 @@ def retuned(path: str, s, label: str, ar_points: list, saturation: float, batche
                 else:
                     _, (policy, params), entry = winner(path, hw, method, trials, where, max_tokens, seed, arrival,
                                                         requests, objective)
+                    if tuning.config_key(*first[method]) != tuning.config_key(policy, params):
+                        rows = rows or [timed(path, hw, where, arrival, requests, max_tokens, seed, *first[method],
+                                              half=h) for h in (0, 1)]
+                        sign = 1 if tuning.OBJECTIVES[objective][1] == "maximize" else -1
+                        if sign * rows[0][metric] > sign * entry["in_sample"]["value"]:
+                            (policy, params), entry = first[method], {"held_out": {
+                                "value": rows[1][metric], "speedup_vs_ar": rows[1]["speedup_vs_ar"]}, "batch1": True}
                 if axis == "batch" and x == poisson_batch and objective == "tokens_per_s":
                     capped[method] = (policy, params)
                 config[metric] = registry.describe({"policy": policy, **_shown(params)})
                 found.append({"trace": trace, "setting": label, "axis": axis, "x": x, "method": method,
                               "objective": objective, "policy": policy, "params": _shown(params),
-                              "configuration": config[metric], "held_out": entry["held_out"]["value"]})
+                              "configuration": config[metric], "held_out": entry["held_out"]["value"],
+                              "batch1_winner": entry.get("batch1", False)})
                 if point is not None:
                     point[metric] = entry["held_out"]["value"]
                     if objective == "tokens_per_s":
@@ -219,12 +229,13 @@ def retuned(path: str, s, label: str, ar_points: list, saturation: float, batche
 
 
 def timed(path: str, hw: HardwareConfig, folder: Path, arrival: str, requests: int, max_tokens: int, seed: int,
-          policy: str, params: dict) -> dict:
-    """The sweep row of one configuration on the held-out half under this load, as a tune times its winners."""
+          policy: str, params: dict, half: int = 1) -> dict:
+    """The sweep row of one configuration on the held-out half (`half` 1; 0: the tuning half) under this
+    load, as a tune times its trials and winners."""
     cfg = tuning.TuneConfig(trace=path, scheduler="des", arrival=arrival, requests=requests, max_tokens=max_tokens,
                             seed=seed, out=str(folder))
     s = tuning.resolve(cfg.checked(), hw)
-    spec = tuning.row_spec(s, policy, params, s.halves[1])
+    spec = tuning.row_spec(s, policy, params, s.halves[half])
     return make_rows(spec, replayed([spec]), set(), {})[0]
 
 
@@ -356,7 +367,7 @@ def run(traces, trials: int, batches, rates, requests: int | None, poisson_batch
                                                            saturation, poisson_batch)}
                 ar = [p for p in got if p["method"] == "ar" and (p["axis"], p["x"]) in at]
                 pts, won = retuned(path, s, label, ar, saturation, batches, rates, n, poisson_batch, retune_trials,
-                                   folder / "retune", max_tokens, seed)
+                                   folder / "retune", max_tokens, seed, methods)
                 again += pts
                 found += won
                 settings[-1]["retune_seconds"] = time.perf_counter() - t1

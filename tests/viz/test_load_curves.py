@@ -165,9 +165,12 @@ def test_retuned_points_are_each_metrics_own_winner(retuned):
     at = {key(p): p for p in again}
     won = result["retuned"]["winners"]
     assert len(won) == len(again) // 3 * 2 * 3  # per point: two methods, three objectives
+    first = {(st["setting"], m): (v["policy"], v["params"]) for st in result["settings"] for m, v in st["methods"].items()}
     for w in won:
         metric = next(m for m, o in lc.OBJECTIVE.items() if o == w["objective"])
         assert at[w["setting"], w["axis"], w["x"], w["method"]][metric] == w["held_out"]
+        if w["batch1_winner"]:  # kept because it did better on the tuning half than the point's own search
+            assert (w["policy"], w["params"]) == first[w["setting"], w["method"]]
     for p in base:
         if p["method"] == "ar":
             assert at[key(p)] == p
@@ -255,3 +258,28 @@ def test_out_holding_another_traces_searches_is_one_line_and_exit_2(retuned, tmp
                         "--trials", "3", "--batches", "1,2", "--rates", "1.0", "--poisson-batch", "2", "--requests", "4",
                         "--max-tokens", "8", "--synth-seqs", "0", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "another setting" in r.stderr, r.stderr
+
+
+def test_batch1_winner_is_kept_where_the_points_search_does_worse_in_sample(retuned, tmp_path, monkeypatch):
+    """A point's search that does worse on the tuning half than the batch-1 winner gives way to it: the
+    point then holds the batch-1 winner's held-out values, the curve's own (closed loop: the same rows)."""
+    lc, result, d = retuned
+    (name, _), = result["traces"].items()
+    real = lc.winner
+
+    def worse(*args):
+        s, found, entry = real(*args)
+        if "retune" not in str(args[4]):  # the batch-1 searches themselves
+            return s, found, entry
+        bad = 0.0 if lc.tuning.OBJECTIVES[args[-1]][1] == "maximize" else 1e9
+        return s, ("ar", {}), {**entry, "in_sample": {**entry["in_sample"], "value": bad}}
+
+    monkeypatch.setattr(lc, "winner", worse)
+    got = lc.run([str(d / "out" / "traces" / name)], 3, [1, 2], [1.0], 4, 2, tmp_path / "out", max_tokens=8,
+                 log=lambda _: None, retune_trials=2, retune_rates=[])
+    base = {(p["setting"], p["axis"], p["x"], p["method"]): p for p in got["points"]}
+    won = got["retuned"]["winners"]
+    assert won and all(w["batch1_winner"] for w in won)
+    for p in got["retuned"]["points"]:
+        for metric in lc.METRICS:
+            assert p[metric] == base[p["setting"], p["axis"], p["x"], p["method"]][metric]
