@@ -3,7 +3,7 @@ method and the best DEX against batch size and Poisson arrival rate, on one devi
 
     python benchmarks/load_curves.py [--traces T1,T2] [--trials 100] [--batches 1,2,4,8,16,32]
         [--rates 0.01,0.02,0.05,...,1.5] [--poisson-batch 32] [--synth-seqs 128]
-        [--retune [--retune-trials 12]] [--out results/load_curves]
+        [--retune [--retune-trials 12] [--retune-batches 1,2,4] [--retune-rates 0.01,0.1]] [--out results/load_curves]
     python -m viz load results/load_curves/load_curves.json [results/load_curves/retuned/load_curves.json]
 
 For each trace and setting (one A100; a 4-stage A100 pipeline), all under the DES:
@@ -28,11 +28,14 @@ cycled to make a point's requests.
 `--retune` (`retuned`): the batch-1 winners of step 1 may not be the best under load, so at every
 load point the single-depth and DEX searches run again under that point's batch and arrivals, once
 per metric with it as the objective (`--retune-trials` trials each: 12 cover each family's first
-guesses and a few sampled ones); each winner's held-out value is that point's metric. The rate
+guesses and a few sampled ones; the batch-1 winner is kept where it does better on the tuning half
+under that load); each winner's held-out value is that point's metric (`--retune-batches`,
+`--retune-rates`: at some of the points only). The rate
 points' tokens/s is not searched: under Poisson arrivals it is the offered load until a method
 saturates, then its closed-loop rate at the cap, so it comes from the closed-loop search at the
 cap. The re-tuned curves and crossovers go to OUT/retuned/load_curves.json (the same fields, plus
-every winner), and a table sets each crossover beside the batch-1 winners' one.
+every winner), and a table sets each crossover beside the batch-1 winners' one. Every search
+resumes from its folder under OUT/tune/, so a killed run loses only the search under way.
 
 Writes OUT/load_curves.json (the setting, machine, date and command; every point; the crossovers),
 OUT/load_curves.csv (the points) and the tunes under OUT/tune/.
