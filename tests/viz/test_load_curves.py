@@ -227,6 +227,8 @@ def test_viz_load_plots_the_retuned_curves(retuned, tmp_path, capsys):
     c = result["retuned"]["crossovers"][0]
     fig = loadplot.load_figure(json.loads(path.read_text()), c["trace"], c["setting"])
     assert "re-tuned at each point" in fig._suptitle.get_text()
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert any(t.startswith("dex: re-tuned at each point") for t in labels) and "ar: ar" in labels
 
 
 def test_retune_at_a_subset_resumes_the_searches_a_full_run_made(retuned):
