@@ -201,7 +201,7 @@ def test_rate_points_time_ar_under_the_tunes_arrivals(retuned):
 
 
 def test_rate_tokens_per_s_is_the_caps_closed_loop_winner(retuned):
-    lc, result, _ = retuned
+    _, result, _ = retuned
     won = {(w["setting"], w["axis"], w["x"], w["method"], w["objective"]): w for w in result["retuned"]["winners"]}
     for (setting, axis, x, method, objective), w in won.items():
         if axis == "rate" and objective == "tokens_per_s":
@@ -214,7 +214,7 @@ def test_rate_tokens_per_s_is_the_caps_closed_loop_winner(retuned):
 def test_bad_flag_is_one_line_and_exit_2(flag):
     import subprocess
     import sys
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_curves.py"), *flag], capture_output=True,
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_curves.py"), *flag], capture_output=True, check=False,
                        text=True, cwd=ROOT)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and flag[0] in r.stderr, r.stderr
 
@@ -250,7 +250,7 @@ def test_out_holding_another_traces_searches_is_one_line_and_exit_2(retuned, tmp
     import shutil
     import subprocess
     import sys
-    lc, result, d = retuned
+    _, result, d = retuned
     (name, _), = result["traces"].items()
     other = tmp_path / name
     save_trace(synth_trace("gemma3-270m", 6, 8, depths="every:3", ead="beta:2,1", seed=9), other)
@@ -258,7 +258,7 @@ def test_out_holding_another_traces_searches_is_one_line_and_exit_2(retuned, tmp
     shutil.copytree(d / "out" / "tune", out / "tune")
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_curves.py"), "--traces", str(other),
                         "--trials", "3", "--batches", "1,2", "--rates", "1.0", "--poisson-batch", "2", "--requests", "4",
-                        "--max-tokens", "8", "--synth-seqs", "0", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+                        "--max-tokens", "8", "--synth-seqs", "0", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "another setting" in r.stderr, r.stderr
 
 
