@@ -89,7 +89,7 @@ def load_figure(data: dict, trace: str, setting: str):
                 pts = sorted((p for p in points if p["axis"] == axis and p["method"] == method), key=lambda p: p["x"])
                 if pts:
                     ax.plot([p["x"] for p in pts], [p[metric] * scale for p in pts], color=color, marker=marker,
-                            ms=4, lw=1.4, label=f"{method}: {pts[0]['configuration']}")
+                            ms=4, lw=1.4, label=_label(method, pts, data))
             for x in cross:
                 if x["axis"] == axis and x["metric"] == metric and x["x"] is not None and x["versus"] in VERSUS:
                     color, style = VERSUS[x["versus"]]
@@ -100,10 +100,19 @@ def load_figure(data: dict, trace: str, setting: str):
             ax.tick_params(labelsize=7)
             ax.legend(fontsize=5.5)
     kind = _kind(data.get("traces", {}).get(trace))
-    fig.suptitle(f"{trace} ({kind}) on {setting}, {data.get('gpu', '')}: AR, best single-depth, best DEX"
+    best = "re-tuned at each point" if data.get("retuned_trials") else "tuned at batch 1"
+    fig.suptitle(f"{trace} ({kind}) on {setting}, {data.get('gpu', '')}: AR, best single-depth, best DEX ({best})"
                  if kind else f"{trace} on {setting}", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
     return fig
+
+
+def _label(method: str, pts: list, data: dict) -> str:
+    """A method's legend entry: its configuration, or, re-tuned, that it is one per point (and metric)."""
+    configs = {p["configuration"] for p in pts}
+    if len(configs) > 1 or (data.get("retuned_trials") and method != "ar"):
+        return f"{method}: re-tuned at each point ({len(configs)} configurations)"
+    return f"{method}: {pts[0]['configuration']}"
 
 
 def _slug(text: str) -> str:
