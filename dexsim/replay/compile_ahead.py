@@ -22,10 +22,12 @@ _started = False
 
 def compile_ahead(st, pol) -> None:
     """Start compiling what `_replay_rounds(st, pol, ...)` will call, once per process, if there is a
-    second CPU and forking is safe (one thread: a fork copies a lock another thread may hold)."""
+    second CPU and forking is safe and allowed (one thread: a fork copies a lock another thread may
+    hold; a daemonic process, such as a multiprocessing pool's worker, may not have children)."""
     global _started
-    if _started or os.environ.get("DEXSIM_COMPILE_AHEAD") == "0" or numba.config.DISABLE_JIT or config.usable_cpus() < 2 or threading.active_count() > 1 \
-            or "fork" not in multiprocessing.get_all_start_methods():
+    if _started or os.environ.get("DEXSIM_COMPILE_AHEAD") == "0" or numba.config.DISABLE_JIT \
+            or config.usable_cpus() < 2 or threading.active_count() > 1 \
+            or multiprocessing.current_process().daemon or "fork" not in multiprocessing.get_all_start_methods():
         return
     _started = True
     multiprocessing.get_context("fork").Process(target=_compile, args=(signatures(st, pol),), daemon=True).start()

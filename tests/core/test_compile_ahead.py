@@ -29,3 +29,25 @@ def test_the_transitions_compiled_ahead_are_the_ones_the_replay_loop_calls(tmp_p
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     run = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "same overloads" in run.stdout, run.stderr[-3000:]
+
+IN_A_POOL = """
+import multiprocessing
+from dexsim.core import registry
+from dexsim.replay.executor import replay
+from dexsim.traces.synth import synth_trace
+
+def tokens(seed):
+    trace = synth_trace("smollm2-135m", 2, 6, seed=seed)
+    return int(replay(trace, registry.make_policy("dex", trace.L, depths=trace.depths)).counters.totals()["tokens"])
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("fork").Pool(1) as pool:  # its worker is daemonic: no children allowed
+        print(pool.map(tokens, [1]))
+"""
+
+
+def test_a_daemonic_pool_worker_replays_without_compiling_ahead(tmp_path):
+    script = tmp_path / "pool.py"
+    script.write_text(IN_A_POOL)
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0 and run.stdout.strip() == "[12]", run.stderr[-3000:]
