@@ -55,7 +55,7 @@ DB, TRIALS_CSV, TRIALS_JSON, BEST_JSON = "tune.journal", "trials.csv", "trials.j
 STUDY = "tune"
 MIN_PREFIX = 4  # sequences: a trial is never judged on fewer (one sequence says little about a policy)
 STARTUP_TRIALS = 25  # random trials before TPE models the space: enough to see every family a few times
-POLISH = 0.2  # the last fifth of the trials: neighbours of each family's best so far, one parameter a step
+POLISH = 0.2  # the last fifth of the trials: neighbours of the best so far, one parameter a step
 
 
 def families() -> list[str]:
@@ -390,32 +390,28 @@ class Search:
                     bar.update()
 
     def _polish(self, budget: int, polished: set) -> None:
-        """Enqueue the unseen neighbours of each family's best complete trial (the best family first),
-        once per best, within the budget: every family's winner is reported, not only the overall one."""
+        """Enqueue the unseen neighbours of the best complete trial, once per best, within the budget."""
         done = self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.COMPLETE,))
         waiting = self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.WAITING,))
         if not done or waiting:
             return
         sign = 1 if self.study.direction == self.optuna.study.StudyDirection.MAXIMIZE else -1
-        best = {}
-        for t in sorted(done, key=lambda t: -sign * t.value):
-            best.setdefault(t.params["policy"], t)
+        best = max(done, key=lambda t: sign * t.value)
+        if best.number in polished:
+            return
+        polished.add(best.number)
         seen = set(self.memo)
-        for t in best.values():
-            if t.number in polished:
-                continue
-            polished.add(t.number)
-            for params in neighbours(t, self.s):
-                if budget <= 0:
-                    return
-                try:
-                    key = config_key(*suggest(self.optuna.trial.FixedTrial(params), self.s))
-                except ValueError:  # a new exit (exits_n + 1) the sampler will pick: unseen by construction
-                    key = None
-                if key not in seen:
-                    self.study.enqueue_trial(params, user_attrs={"neighbour_of": t.number})
-                    seen.add(key)
-                    budget -= 1
+        for params in neighbours(best, self.s):
+            if budget <= 0:
+                return
+            try:
+                key = config_key(*suggest(self.optuna.trial.FixedTrial(params), self.s))
+            except ValueError:  # a new exit (exits_n + 1) the sampler will pick: unseen by construction
+                key = None
+            if key not in seen:
+                self.study.enqueue_trial(params, user_attrs={"neighbour_of": best.number})
+                seen.add(key)
+                budget -= 1
 
     def _start(self) -> bool:
         """Ask for a trial and start it; True if it ended at once (every stage known)."""
