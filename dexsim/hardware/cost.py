@@ -119,6 +119,12 @@ def _roofline(hw: Hardware, nbytes, flops) -> tuple[np.ndarray, np.ndarray]:
     return memory_s, compute_s
 
 
+def _per_row(ctx, rows):
+    """Mean KV positions per row (0 where there are no rows), broadcast."""
+    rows, ctx = np.broadcast_arrays(rows, ctx)
+    return np.divide(ctx, rows, out=np.zeros_like(ctx), where=rows > 0)
+
+
 def _measured(seconds, rows) -> dict:
     """A measured step as parts: all of it in `memory` (no roofline side, overhead or collective apart)."""
     zero = np.zeros_like(rows)
@@ -133,14 +139,12 @@ def layer_parts(model: ModelSpec, hw: Hardware, rows, ctx_tokens, seqs=None) -> 
     ctx = np.asarray(ctx_tokens, dtype=float)
     if hw.profile is not None:
         rows, ctx = np.broadcast_arrays(rows, ctx)
-        per_row = np.divide(ctx, rows, out=np.zeros_like(ctx), where=rows > 0)
-        return _measured(hw.profile.layer(np.maximum(rows, 1), per_row), rows)
+        return _measured(hw.profile.layer(np.maximum(rows, 1), _per_row(ctx, rows)), rows)
     tp, bpw, kvb = hw.tp, model.bytes_per_weight, kv_bytes_per_token(model)
     replicated, split = _activation_elems(model)
     kv_read = ctx
     if hw.gpu.kv_prefix_shared and seqs is not None:  # each sequence's prefix once, at its rows' mean context
-        rows_b, ctx_b = np.broadcast_arrays(rows, ctx)
-        kv_read = np.asarray(seqs, float) * np.divide(ctx_b, rows_b, out=np.zeros_like(ctx_b), where=rows_b > 0)
+        kv_read = np.asarray(seqs, float) * _per_row(ctx, rows)
     nbytes = (layer_params(model) * bpw / tp
               + (kv_read + rows) * kvb / tp  # read the context, write the new rows' K and V
               + rows * (replicated + split / tp) * bpw)

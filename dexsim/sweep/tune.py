@@ -315,7 +315,7 @@ def first_guesses(s: Setting, most: int = 3) -> list[dict]:
     return out
 
 
-def neighbours(trial, s: Setting) -> list[dict]:
+def neighbours(trial) -> list[dict]:
     """A trial's neighbours, as parameter values to enqueue: one integer or threshold a step up or down,
     one categorical value swapped for each other choice (an exit moved to the next recorded depth
     either side), one exit more (the sampler picks it) or the last one fewer. TPE leaves a winner a
@@ -391,17 +391,17 @@ class Search:
 
     def _polish(self, budget: int, polished: set) -> None:
         """Enqueue the unseen neighbours of the best complete trial, once per best, within the budget."""
-        done = self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.COMPLETE,))
-        waiting = self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.WAITING,))
-        if not done or waiting:
+        if self.study.get_trials(deepcopy=False, states=(self.optuna.trial.TrialState.WAITING,)):
             return
-        sign = 1 if self.study.direction == self.optuna.study.StudyDirection.MAXIMIZE else -1
-        best = max(done, key=lambda t: sign * t.value)
+        try:
+            best = self.study.best_trial
+        except ValueError:  # no complete trial yet
+            return
         if best.number in polished:
             return
         polished.add(best.number)
         seen = set(self.memo)
-        for params in neighbours(best, self.s):
+        for params in neighbours(best):
             if budget <= 0:
                 return
             try:

@@ -217,7 +217,7 @@ def test_the_neighbours_of_a_trial_are_one_step_away(planted, tmp_path):
     trial = study.ask()
     tuning.suggest(trial, s)
     study.tell(trial, 1.0)
-    got = tuning.neighbours(study.trials[0], s)
+    got = tuning.neighbours(study.trials[0])
     changed = [{k: v for k, v in n.items() if fixed.get(k) != v} | {k: None for k in fixed if k not in n} for n in got]
     expect = [{"dex.exit_0": 8}, {"dex.exit_0": 16}, {"dex.exit_1": 20}, {"dex.exit_1": 28},
               {"dex.explorers": 1}, {"dex.explorers": 3}, {"dex.buffer": 3}, {"dex.buffer": 5},
