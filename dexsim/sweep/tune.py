@@ -480,11 +480,14 @@ def open_study(s: Setting, out: Path, resume: bool, optuna):
     except KeyError:
         study = optuna.create_study(study_name=STUDY, storage=storage, sampler=sampler, pruner=pruner,
                                     direction=direction)
+    if "setting" not in study.user_attrs:  # new, or a kill came before its setting was written
         study.set_user_attr("setting", key)
+        queued = [t.system_attrs.get("fixed_params") for t in study.get_trials(deepcopy=False)]
         for params in first_guesses(s):
-            study.enqueue_trial(params, user_attrs={"first_guess": True})
+            if params not in queued:
+                study.enqueue_trial(params, user_attrs={"first_guess": True})
         return study
-    old = study.user_attrs.get("setting", {})
+    old = study.user_attrs["setting"]
     for k in key:
         if old.get(k) != json.loads(json.dumps(key[k])):
             raise UserError(f"--out {out}: holds a tune of another setting ({k}: {old.get(k)!r}, now {key[k]!r}); "

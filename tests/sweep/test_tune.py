@@ -92,8 +92,11 @@ def test_every_trial_is_in_the_history_with_its_state_and_the_summary_names_each
 
 def _finished(out: Path) -> dict:
     from optuna.storages.journal import JournalFileBackend
-    study = optuna.load_study(study_name=tuning.STUDY,
-                              storage=optuna.storages.JournalStorage(JournalFileBackend(str(out / tuning.DB))))
+    try:
+        study = optuna.load_study(study_name=tuning.STUDY,
+                                  storage=optuna.storages.JournalStorage(JournalFileBackend(str(out / tuning.DB))))
+    except KeyError:  # the journal is there, the study not yet written to it
+        return {}
     return {t.number: t for t in study.get_trials(deepcopy=False)}
 
 
@@ -129,6 +132,22 @@ def test_a_killed_tune_resumes_without_losing_or_repeating_trials(planted, tmp_p
             assert any(u.user_attrs.get("rerun_of") == n and t.params.items() <= u.params.items() for u in finished)
     trials = json.loads((out / tuning.TRIALS_JSON).read_text())
     assert sorted(t["number"] for t in trials) == sorted(t.number for t in finished)
+
+
+def test_resume_after_a_kill_before_the_setting_was_written(planted, tmp_path):
+    """The journal holds the study and one first guess, not yet its setting: --resume takes it as new."""
+    from optuna.storages.journal import JournalFileBackend
+    out = tmp_path / "early"
+    out.mkdir()
+    storage = optuna.storages.JournalStorage(JournalFileBackend(str(out / tuning.DB)))
+    study = optuna.create_study(study_name=tuning.STUDY, storage=storage, direction="maximize")
+    _tune(planted, tmp_path / "whole", "--trials", "4")  # a tune's first guesses, one of them queued already
+    first = [t for t in _finished(tmp_path / "whole").values() if t.user_attrs.get("first_guess")]
+    study.enqueue_trial(first[0].system_attrs["fixed_params"], user_attrs={"first_guess": True})
+    assert _tune(planted, out, "--trials", "4", "--resume")["best"]
+    trials = _finished(out)
+    assert len([t for t in trials.values() if t.user_attrs.get("first_guess")]) == len(first)  # none twice
+    assert json.loads((out / tuning.TRIALS_JSON).read_text())
 
 
 def test_resume_refuses_another_setting(planted, tmp_path):
