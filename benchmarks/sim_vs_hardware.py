@@ -121,6 +121,7 @@ def spread(a: dict, b: dict) -> dict:
         r = np.abs(np.asarray(b[key]) / np.asarray(a[key]) - 1).ravel()
         out[key] = {"max": float(r.max()), "median": float(np.median(r))}
     out["host_round_s"] = abs(b["host_round_s"] / a["host_round_s"] - 1)
+    out["head_refill"] = [a.get("head_refill", 0.0), b.get("head_refill", 0.0)]  # layer steps, A and B
     return out
 
 
@@ -149,7 +150,8 @@ def main(argv=None) -> int:
     p.add_argument("--tokens", type=int, default=12, help="the first N tokens of each sequence")
     p.add_argument("--policies", default=None, help="only these of the policies (ar, layerskip, adaptive, oracle-select, "
                                                     "dex), comma-separated (default: all)")
-    p.add_argument("--repeats", type=int, default=1, help="emulations of each row; the best is kept")
+    p.add_argument("--repeats", type=int, default=1, help="emulations of each row; their mean is compared (as the "
+                                                          "profile's tables are means)")
     p.add_argument("--rows", default="1,2,4,8,16,32")
     p.add_argument("--contexts", default="64,256,1024,8192")
     p.add_argument("--profile-repeats", type=int, default=7)
@@ -196,22 +198,21 @@ def main(argv=None) -> int:
         for lab, policy in policies_for(trace, profile_a, model_name, heads, args.dtype, args.gpu):
             if keep is not None and lab.split()[0] not in keep:
                 continue
-            best = None
-            for _ in range(args.repeats):
-                run = emulate(trace, policy, model, graphs=model.device.type == "cuda")
-                best = run if best is None or run.seconds(args.clock) < best.seconds(args.clock) else best
+            runs = [emulate(trace, policy, model, graphs=model.device.type == "cuda") for _ in range(max(args.repeats, 1))]
+            run = runs[0]  # counters and tally: every run has the replay's
             rep = replay(trace, policy).counters.totals()
-            assert best.counters == rep, (lab, best.counters, rep)
-            assert best.output_matches_trace, lab
+            assert all(r.counters == rep and r.output_matches_trace for r in runs), (lab, run.counters, rep)
             row = {"trace": Path(trace0.path).name, "model": model_name, "depth_mapped": trace.L != trace0.L,
-                   "policy": lab, **best.counters, "emulated_s": best.seconds(args.clock),
-                   "emulated_wall_s": best.wall_s, "emulated_cpu_s": best.cpu_s}
+                   "policy": lab, **run.counters, "emulated_s": float(np.mean([r.seconds(args.clock) for r in runs])),
+                   "emulated_runs_s": [r.seconds(args.clock) for r in runs],
+                   "emulated_wall_s": float(np.mean([r.wall_s for r in runs])),
+                   "emulated_cpu_s": float(np.mean([r.cpu_s for r in runs]))}
             roof_m, roof_hw = priced_on(trace, model_name, heads, args.dtype, args.gpu, None)
-            row["roofline_s"] = pricing.price(best.tally, roof_m, roof_hw)["sim_seconds"]
+            row["roofline_s"] = pricing.price(run.tally, roof_m, roof_hw)["sim_seconds"]
             rated = cost.Hardware(replace(roof_hw.gpu, **rates), tp=1, pp=1, batch=1)
-            row["roofline_rated_s"] = pricing.price(best.tally, roof_m, rated)["sim_seconds"]
+            row["roofline_rated_s"] = pricing.price(run.tally, roof_m, rated)["sim_seconds"]
             prof_m, prof_hw = priced_on(trace, model_name, heads, args.dtype, args.gpu, profile_a)
-            priced = pricing.price(best.tally, prof_m, prof_hw)
+            priced = pricing.price(run.tally, prof_m, prof_hw)
             row["profile_a_s"], row["profile_extrapolated"] = priced["sim_seconds"], priced["extrapolated"]
             rows.append(row)
             print(f"{row['trace']:<40} {lab:<60} emulated {row['emulated_s']:8.3f} s  roofline "

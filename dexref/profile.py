@@ -1,13 +1,19 @@
 """`python -m dexref profile`: time what DEX's cost depends on, on one device, for one model shape.
 
-The profile (`dex-profile/1`, read by dexsim/specs/profile.py) holds, each the best of several
-repeats (the run least disturbed by anything else on the machine):
+The profile (`dex-profile/1`, read by dexsim/specs/profile.py) holds, each the mean of several
+repeats after a warm-up (a decode is one long run of such calls, so its time is the sum of their
+means; the best of the repeats, the run least disturbed by the machine, priced 2-12% short here):
 
 - `layer_s[r][c]`: one layer step of r rows each reading c KV positions, exactly the engine's call
   (`TorchExecutor._round`: a lone row through the one-row path, several batched with the tree mask;
   static-shape steps replayed as CUDA graphs on a GPU), timed over every layer of the model in turn
   (as decoding streams them, so no layer's weights are still in a cache) and divided by the depth;
 - `head_s[r]`: one exit-head group of r rows with the sampling (`TorchExecutor.read_exits`);
+- `head_refill`: how much slower the layer calls right after an exit-head group run than back to
+  back, in layer steps (the head's weights stream through the last-level cache and evict what the
+  layer calls reuse; on this CPU most of it in the first call, none after the third): the extra time
+  of the first REFILL_CALLS calls after a one-row head over one layer step, the mean over the rows of
+  the grid at its first context;
 - `host_round_s`, `host_exit_s`: the host's control per lattice-core round and per exit read (the
   core's rules, the replay's decisions and the engine's bookkeeping: pool slots, KV promotion,
   embedding spawns), from emulations of a synthetic trace of the shape's depth under several
@@ -43,6 +49,7 @@ from dexsim.specs.profile import FORMAT
 from .engine import TorchExecutor
 
 CPU_ROWS = (1, 2, 4, 8, 16, 32)
+REFILL_CALLS = 4
 CPU_CONTEXTS = (128, 512, 2048, 8192)
 HOST_POLICIES = (("ar", {}), ("layerskip", {}), ("adaptive", {"threshold": 0.5}),
                  ("dex", {"explorers": 4, "buffer": 8}), ("dex", {"explorers": 8, "buffer": 16, "priority": "deep"}))
@@ -63,17 +70,27 @@ def clock() -> float:
     return CLOCKS[CLOCK[0]]()
 
 
-def _best(fn, repeats: int, dev) -> float:
-    """Best time of fn() over `repeats` runs, after one warm-up run."""
+def _times(fn, repeats: int, dev) -> np.ndarray:
+    """Seconds of fn() in each of `repeats` runs, after one warm-up run."""
     fn()
-    best = float("inf")
-    for _ in range(repeats):
+    out = np.zeros(max(repeats, 1))
+    for i in range(len(out)):
         _sync(dev)
         t0 = clock()
         fn()
         _sync(dev)
-        best = min(best, clock() - t0)
-    return best
+        out[i] = clock() - t0
+    return out
+
+
+def _best(fn, repeats: int, dev) -> float:
+    """A rate's time: the best run (what the device can do)."""
+    return float(_times(fn, repeats, dev).min())
+
+
+def _mean(fn, repeats: int, dev) -> float:
+    """A table's time: the mean run (what a long run of such calls takes per call)."""
+    return float(_times(fn, repeats, dev).mean())
 
 
 def _rows_at(ex: TorchExecutor, rows: int, ctx: int) -> SimpleNamespace:
@@ -102,7 +119,7 @@ def time_layers(model, rows, contexts, repeats: int, graphs: bool, bar) -> np.nd
             def sweep():
                 for layer in range(L):
                     ex._round(lat, s, j, np.full(r, layer))
-            out[a, b] = _best(sweep, repeats, dev) / L
+            out[a, b] = _mean(sweep, repeats, dev) / L
             bar.update(1)
     return out
 
@@ -116,9 +133,48 @@ def time_heads(model, rows, repeats: int, bar) -> np.ndarray:
         lat = _rows_at(ex, r, 1)
         s, j = np.zeros(r, np.int64), np.arange(r)
         calls = 4
-        out[a] = _best(lambda: [ex.read_exits(lat, s, j) for _ in range(calls)], repeats, dev) / calls
+        out[a] = _mean(lambda: [ex.read_exits(lat, s, j) for _ in range(calls)], repeats, dev) / calls
         bar.update(1)
     return out
+
+
+def time_refill(model, rows, ctx: int, layer_s, repeats: int, graphs: bool, bar) -> dict:
+    """`head_refill` (see the module): at each row count, the first REFILL_CALLS layer calls timed right
+    after a one-row exit head and right after the last layers' calls (back to back, as the layer table
+    times them), alternately, `repeats` x 4 times each; their mean difference over `layer_s[r]`."""
+    L, dev = model.args.n_layer, model.device
+    ex = TorchExecutor(model, [[0]], max(rows) + 1, ctx + 2, graphs=graphs)
+    hx = TorchExecutor(model, [[0]], 2, 4)
+    hlat, one = _rows_at(hx, 1, 1), (np.zeros(1, np.int64), np.arange(1))
+    k = min(REFILL_CALLS, L)
+    points = []
+    for r, step in zip(rows, layer_s):
+        lat = _rows_at(ex, r, ctx)
+        s, j = np.zeros(r, np.int64), np.arange(r)
+
+        def calls(layers, timed):
+            t = 0.0
+            for layer in layers:
+                _sync(dev)
+                t0 = clock()
+                ex._round(lat, s, j, np.full(r, layer))
+                _sync(dev)
+                t += clock() - t0 if timed else 0.0
+            return t
+        extra = []
+        calls(range(L), False)
+        for _ in range(4 * max(repeats, 1)):
+            calls(range(L - k, L), False)
+            plain = calls(range(k), True)
+            hx.read_exits(hlat, *one)
+            extra.append(calls(range(k), True) - plain)
+        points.append({"rows": int(r), "extra_s": float(np.mean(extra)), "layer_steps": float(np.mean(extra) / step)})
+        bar.update(1)
+    return {"head_refill": max(0.0, float(np.mean([p["layer_steps"] for p in points]))),
+            "calls": k, "context": int(ctx), "points": points,
+            "source": f"extra seconds of the first {k} layer calls after a one-row exit head against the same "
+                      f"calls back to back, over one layer step (layer_s at the same rows, context {ctx}); "
+                      f"the mean over the rows, never below 0"}
 
 
 def time_host(model, spec_name: str, repeats: int, bar, tokens: int = 8, seqs: int = 2) -> dict:
@@ -143,11 +199,13 @@ def time_host(model, spec_name: str, repeats: int, bar, tokens: int = 8, seqs: i
         policy = registry.make_policy(name, L, exits=trace.depths, depths=trace.depths, **params)
         label = name + "".join(f" {k}={v}" for k, v in params.items())
         for way, stub in (("stubbed", True), ("in_situ", False)):
-            best, counters = float("inf"), None
+            seconds, counters = [], None
             for _ in range(max(repeats, 1) if stub else 1):
                 run = emulate(trace, policy, model, stub=stub)
-                best, counters = min(best, run.host_seconds(CLOCK[0])), run.counters
-            runs[way][label] = {"rounds": counters["rounds"], "head_evals": counters["head_evals"], "seconds": best}
+                seconds.append(run.host_seconds(CLOCK[0]))
+                counters = run.counters
+            runs[way][label] = {"rounds": counters["rounds"], "head_evals": counters["head_evals"],
+                                "seconds": float(np.mean(seconds))}
         bar.update(1)
     out = {"fit": "seconds = per_round_s x rounds + per_exit_s x head_evals, least squares over the policies",
            "trace": f"synthetic, {seqs} sequences x {tokens} tokens, depth {L}, exits every 3rd layer"}
@@ -261,10 +319,11 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
     dev = model.device
     graphs = dev.type == "cuda"
     n_t = len(head_rows) if dev.type == "cuda" and torch.cuda.device_count() > 1 else 0
-    total = len(rows) * len(contexts) + len(head_rows) + len(HOST_POLICIES) + n_t
+    total = len(rows) * (len(contexts) + 1) + len(head_rows) + len(HOST_POLICIES) + n_t
     with torch.inference_mode(), tqdm(total=total, desc="profile", unit="point", file=sys.stderr, mininterval=1) as bar:
         layer_s = time_layers(model, rows, contexts, repeats, graphs, bar)
         head_s = time_heads(model, head_rows, repeats, bar)
+        refill = time_refill(model, rows, contexts[0], layer_s[:, 0], repeats, graphs, bar)
         host = time_host(model, shape["name"], max(1, repeats // 2), bar)
         transfer, note = time_transfer(model, head_rows, repeats, bar)
     with torch.inference_mode():
@@ -287,10 +346,11 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
         "host": {"cpu": cpu_model(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(),
                  "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
                  "load_avg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
-        "shape": shape, "dtype": dtype, "repeats": repeats, "statistic": "min over repeats",
+        "shape": shape, "dtype": dtype, "repeats": repeats, "statistic": "mean over repeats after a warm-up",
         "cuda_graphs": graphs, "clock": CLOCK[0],
         "rows": list(rows), "contexts": list(contexts), "layer_s": layer_s.tolist(),
         "head_rows": list(head_rows), "head_s": head_s.tolist(),
+        "head_refill": refill.pop("head_refill"), "head_refill_measured": refill,
         "host_round_s": host[host["priced"]]["per_round_s"], "host_exit_s": host[host["priced"]]["per_exit_s"],
         "host_control": host,
         "transfer": transfer, "notes": [note] if note else [],

@@ -23,6 +23,9 @@ A `Plan` turns a WorkLog (dexsim/des/record.py) into the work items of the DES f
   step that reads it, and `hw.round_s` per round (a jump of m rounds: m of them), once per core step
   of a sequence, on its first step in issue order (the lowest stage with work in that core step: the
   host decides a round before the devices run it, so the device that starts the round waits for it).
+  A step that reads a head group also pays `hw.refill` of its own mean layer call: the refill of
+  the calls after the head, charged to the step that caused it (lockstep pricing, without the
+  steps, charges the run's mean call: the two agree where the calls cost the same).
 
 `timeline` computes, for every sequence decoded alone on an idle pipeline, when each step starts and
 ends: a max-plus recurrence in issue order, vectorized over sequences (numpy, one pass per segment of
@@ -280,6 +283,9 @@ def durations(plan: Plan, model, hw) -> Durations:
     piece = _layer_times(model, hw, plan.piece_rows, plan.piece_ctx, plan.piece_n)
     step = np.bincount(plan.piece_step, weights=piece, minlength=plan.n_steps)
     hr = plan.head_rows
+    if hw.refill and len(hr):
+        calls = np.bincount(plan.piece_step, weights=plan.piece_n, minlength=plan.n_steps)
+        step += hw.refill * np.divide(step, calls, out=np.zeros_like(step), where=(hr > 0) & (calls > 0))
     if len(hr) and hr.max() <= 4096:  # a head group's time depends on its rows only: one table lookup
         table = np.r_[0.0, np.asarray(cost.head_time(model, hw, np.arange(1, hr.max() + 1, dtype=float)), float)]
         step += table[hr]

@@ -441,6 +441,8 @@ class _Serve:
         if self.merged is not None:
             self._extremes(rows, ctx / rows, heads)
         t = float((n * cost.layer_time(self.model, self.hw, rows, ctx, seqs)).sum())
+        if heads and self.hw.refill and n.sum():
+            t += self.hw.refill * t / n.sum()  # see plan.py
         t += float(cost.head_time(self.model, self.hw, heads)) if heads else 0.0
         return t + rounds * self.hw.round_s + heads * self.hw.exit_s if self.hw.round_s or self.hw.exit_s else t
 

@@ -52,6 +52,12 @@ class Hardware:
         """The host's control cost of one exit read (the answer read back, the decision on it)."""
         return self.gpu.exit_overhead_s if self.profile is None else self.profile.host_exit_s
 
+    @property
+    def refill(self) -> float:
+        """Layer steps' worth of time an exit-head group adds to the layer calls after it (measured by a
+        profile; 0 under the roofline)."""
+        return 0.0 if self.profile is None else self.profile.head_refill
+
 
 # --- what a model moves and computes ---------------------------------------------------------------
 
@@ -219,7 +225,7 @@ def ar_breakdown(model: ModelSpec, hw: Hardware, context: float) -> dict:
     L = model.layers
     parts = {
         "layers": L * float(busy(hw, lp)),
-        "heads": float(busy(hw, hp)),
+        "heads": float(busy(hw, hp)) + hw.refill * float(busy(hw, lp)),  # the next token's first layers refill
         # AR: L rounds and one exit read per token
         "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,
         "collectives": L * float(lp["collectives"]) + float(hp["collectives"]),
@@ -256,7 +262,9 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     reads. stage_crossings: pipeline
     point-to-point transfers, each carrying one `hw.batch`-row group. rounds: each pays the host's
     control (`hw.round_s`; a batch shares its rounds) and each exit read its own (`hw.exit_s`),
-    besides the loads and heads it did.
+    besides the loads and heads it did. A head group also slows the layer calls after it by
+    `hw.refill` layer steps, priced at the run's mean step (which step follows it, the counters do
+    not say).
     """
     loads = _histogram("load_rows", load_rows)
     heads = _histogram("head_rows", head_rows)
@@ -266,9 +274,11 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     lp = layer_parts(model, hw, r, r * ctx_per_row, seqs=hw.batch)  # a load spans the batch's sequences
     h = np.arange(heads.size, dtype=float)
     hp = head_parts(model, hw, h)
+    layers = float(loads @ busy(hw, lp))
+    refill = hw.refill * heads.sum() * layers / loads.sum() if hw.refill and loads.sum() else 0.0
     parts = {
-        "layers": float(loads @ busy(hw, lp)),
-        "heads": float(heads @ busy(hw, hp)),
+        "layers": layers,
+        "heads": float(heads @ busy(hw, hp)) + refill,
         "overhead": (float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s
                      + float(heads @ h) * hw.exit_s),
         "collectives": float(loads @ lp["collectives"] + heads @ hp["collectives"]),

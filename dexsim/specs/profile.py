@@ -9,7 +9,8 @@ One format, two uses:
   bundled entry.
 - the tables (profiles of a model shape, from `dexref profile`): seconds of one layer step over a grid
   of rows x context per row, of one exit-head group over rows, the host's control cost per round,
-  and a stage-to-stage transfer where the machine had two devices. `--profile` prices from them
+  a stage-to-stage transfer where the machine had two devices, and `head_refill`: the layer steps'
+  worth of time a head group costs the layer calls after it (0 where a profile does not say). `--profile` prices from them
   instead of the roofline (`dexsim/hardware/cost.py`).
 
 Between grid points a table is interpolated linearly in rows and in context (a layer's cost is close
@@ -52,6 +53,7 @@ class Profile:
     head_s: np.ndarray  # [H]
     host_round_s: float  # the host's control per core round (core + engine bookkeeping, compute stubbed)
     host_exit_s: float  # ... and per exit read
+    head_refill: float  # layer steps' worth of time an exit-head group adds to the layer calls after it
     transfer_rows: np.ndarray | None  # [T] rows of one stage-to-stage message, None: not measured
     transfer_s: np.ndarray | None
 
@@ -214,6 +216,9 @@ def load_profile(path) -> Profile:
     host_exit = d.get("host_exit_s", 0.0)
     if not _is_number(host_exit) or host_exit < 0:
         raise _problem(path, "host_exit_s", f"{_short(host_exit)} is not a non-negative time in seconds")
+    refill = d.get("head_refill", 0.0)  # profiles before it was measured: none priced
+    if not _is_number(refill) or refill < 0:
+        raise _problem(path, "head_refill", f"{_short(refill)} is not a non-negative number of layer steps")
     t_rows = t_s = None
     if d.get("transfer") is not None:
         t = d["transfer"]
@@ -232,7 +237,7 @@ def load_profile(path) -> Profile:
         raise _problem(path, "dtype", f"{_short(dtype)} is not a dtype name")
     return Profile(path=str(path), device=device["name"], catalog_gpu=gpu, arch={k: int(arch[k]) for k in SHAPE_FIELDS},
                    dtype=dtype, rows=rows, contexts=contexts, layer_s=layer_s, head_rows=head_rows, head_s=head_s,
-                   host_round_s=float(host), host_exit_s=float(host_exit), transfer_rows=t_rows, transfer_s=t_s)
+                   host_round_s=float(host), host_exit_s=float(host_exit), head_refill=float(refill), transfer_rows=t_rows, transfer_s=t_s)
 
 
 def check_shape(profile: Profile, model) -> None:

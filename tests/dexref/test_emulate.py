@@ -160,14 +160,17 @@ def test_profile_records_its_provenance_and_reads_back(tmp_path, checkpoint):
     assert d["host"]["torch"] == torch.__version__ and d["host"]["cpu"] and d["host"]["threads"] == 1
     assert d["shape"]["name"] == str(checkpoint) and d["shape"]["arch"]["layers"] == 30
     assert d["dtype"] == "float32" and d["rows"] == [1, 2] and d["contexts"] == [16, 32] and d["clock"] == "wall"
-    assert np.array(d["layer_s"]).shape == (2, 2) and len(d["head_s"]) == 2
+    assert np.array(d["layer_s"]).shape == (2, 2) and len(d["head_s"]) == 2 and d["statistic"].startswith("mean")
+    refill = d["head_refill_measured"]
+    assert [q["rows"] for q in refill["points"]] == [1, 2] and refill["context"] == 16
+    assert d["head_refill"] == max(0.0, np.mean([q["layer_steps"] for q in refill["points"]]))
     assert d["host_round_s"] > 0 and d["host_exit_s"] >= 0 and d["host_control"]["stubbed"]["policies"]
     assert d["host_round_s"] == d["host_control"]["in_situ"]["per_round_s"]  # on a CPU
     assert d["transfer"] is None and "transfer not measured" in d["notes"][0]
     assert d["rates"]["memory_bandwidth"] > 0 and 0 < d["rates"]["bandwidth_efficiency"] <= 1
     assert d["catalog_gpu"] == "cpu-local"
     p = load_profile(out)
-    assert p.layer(1, 16) == d["layer_s"][0][0] and p.head(2) == d["head_s"][1]
+    assert p.layer(1, 16) == d["layer_s"][0][0] and p.head(2) == d["head_s"][1] and p.head_refill == d["head_refill"]
     # a profile of this shape does not price SmolLM2's trace: one line naming the field
     run = run_cli("dexsim", ["replay", "--trace", "traces/smollm2-135m-lens-humaneval-raw.npz", "--policy", "ar",
                              "--profile", out, "--json"])

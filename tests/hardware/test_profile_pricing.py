@@ -78,6 +78,41 @@ def test_a_replay_priced_from_a_profile_is_the_hand_sum(write):
     assert ar["seconds"] == pytest.approx(30 * 1.5e-3 + 8.0e-3 + 30 * 5.0e-5 + 2.0e-5)
 
 
+def test_a_head_groups_refill_is_priced_at_the_runs_mean_layer_step(write):
+    """`head_refill` layer steps per head group (the calls after a head refill the cache it evicted)."""
+    model, hw = pricing.hardware("smollm2-135m", "cpu-local", profile=load_profile(write(profile_dict(head_refill=0.5))))
+    tally = pricing.Tally(tokens=5, rounds=40, node_layers=7, weight_loads=4, head_evals=6, context_sum=7 * 200,
+                          load_rows=np.array([0, 2, 1, 0, 1]), head_rows=np.array([0, 2, 0, 0, 1]),
+                          layer_loads=np.zeros(31, np.int64), layer_rows=np.zeros(31, np.int64))
+    layers = 2 * 1.5e-3 + 2.0e-3 + 5.0e-3
+    priced = pricing.price(tally, model, hw)
+    assert priced["parts"]["heads"] == pytest.approx(2 * 8.0e-3 + 11.0e-3 + 0.5 * 3 * layers / 4)
+    assert cost.ar_breakdown(model, hw, 200)["heads"] == pytest.approx(8.0e-3 + 0.5 * 1.5e-3)
+    assert load_profile(write(profile_dict(), "old.json")).head_refill == 0.0  # a profile that did not measure it
+
+
+@pytest.mark.parametrize("name,kw", [("ar", {}), ("layerskip", {"exit": 9}), ("adaptive", {"exits": (9, 18)}),
+                                     ("dex", {"explorers": 4, "buffer": 8, "exits": (9, 18, 24)})])
+def test_the_des_charges_the_refill_as_lockstep_does_where_layer_steps_cost_the_same(write, name, kw):
+    """With every layer step priced alike, a step's mean call is the run's: the DES, alone or in a
+    micro-batch, adds exactly refill x head groups x one step, as lockstep pricing does."""
+    from dexsim.des.record import record
+    from dexsim.des.simulate import Load, simulate
+    flat = {"layer_s": [[2.0e-3, 2.0e-3]] * 3}
+    trace = first_tokens(first_seqs(load_trace(TRACE), 1), 8)  # one sequence: 2 requests of it = a batch of 2
+    _, tally, log = record(trace, registry.make_policy(name, trace.L, **kw), pps=(1,))
+    for batch, load in ((1, Load()), (2, Load(requests=2, rate=2, batch=2))):
+        model, bare = pricing.hardware("smollm2-135m", "cpu-local", batch=batch,
+                                       profile=load_profile(write(profile_dict(**flat), "flat.json")))
+        _, hw = pricing.hardware("smollm2-135m", "cpu-local", batch=batch,
+                                 profile=load_profile(write(profile_dict(**flat, head_refill=0.5), "refill.json")))
+        groups = int(np.asarray(tally.head_rows)[1:].sum())
+        lock = pricing.price(tally, model, hw)["sim_seconds"] - pricing.price(tally, model, bare)["sim_seconds"]
+        des = simulate(log, model, hw, load).sim_seconds - simulate(log, model, bare, load).sim_seconds
+        assert groups > 0 and lock == pytest.approx(0.5 * groups * 2.0e-3, rel=1e-9)
+        assert des == pytest.approx(lock, rel=1e-9), batch
+
+
 def test_cli_prices_from_the_profile_and_flags_extrapolation(write):
     path = write(profile_dict())
     run = run_cli("dexsim", ["replay", "--trace", TRACE, "--policy", "dex", "-k", "8", "--buffer", "16",
@@ -120,6 +155,7 @@ BAD = [
     ("hole.json", profile_dict(layer_s=[[1e-3, 2e-3], [1e-3, 2e-3]]), ["hole.json", "layer_s", "missing"]),
     ("rows.json", profile_dict(rows=[1, 4, 2]), ["rows.json", "field rows"]),
     ("host.json", profile_dict(host_round_s="fast"), ["host.json", "host_round_s"]),
+    ("refill.json", profile_dict(head_refill=-0.1), ["refill.json", "head_refill"]),
     ("foreign.json", profile_dict(shape={"name": "x", "arch": {**ARCH, "hidden": 4096}}),
      ["foreign.json", "shape.arch.hidden", "another shape"]),
     ("noarch.json", profile_dict(shape={"name": "x"}), ["noarch.json", "shape.arch"]),
