@@ -84,13 +84,11 @@ def _times(fn, repeats: int, dev) -> np.ndarray:
 
 
 def _best(fn, repeats: int, dev) -> float:
-    """A rate's time: the best run (what the device can do)."""
+    """A rate's time: the best run (what the device can do; a table's time is the mean run: what a long
+    run of such calls takes per call)."""
     return float(_times(fn, repeats, dev).min())
 
 
-def _mean(fn, repeats: int, dev) -> float:
-    """A table's time: the mean run (what a long run of such calls takes per call)."""
-    return float(_times(fn, repeats, dev).mean())
 
 
 def _rows_at(ex: TorchExecutor, rows: int, ctx: int) -> SimpleNamespace:
@@ -106,11 +104,11 @@ def _rows_at(ex: TorchExecutor, rows: int, ctx: int) -> SimpleNamespace:
     return lat
 
 
-def time_layers(model, rows, contexts, repeats: int, graphs: bool, bar) -> np.ndarray:
-    """[R, C] seconds of one layer step (see the module)."""
+def time_layers(model, rows, contexts, repeats: int, graphs: bool, bar) -> tuple[np.ndarray, np.ndarray]:
+    """[R, C] seconds of one layer step (see the module): the mean of the repeats, and their best."""
     L, dev = model.args.n_layer, model.device
     ex = TorchExecutor(model, [[0]], max(rows) + 1, max(contexts) + 2, graphs=graphs)
-    out = np.zeros((len(rows), len(contexts)))
+    out, best = np.zeros((2, len(rows), len(contexts)))
     for a, r in enumerate(rows):
         s, j = np.zeros(r, np.int64), np.arange(r)
         for b, c in enumerate(contexts):
@@ -119,23 +117,26 @@ def time_layers(model, rows, contexts, repeats: int, graphs: bool, bar) -> np.nd
             def sweep():
                 for layer in range(L):
                     ex._round(lat, s, j, np.full(r, layer))
-            out[a, b] = _mean(sweep, repeats, dev) / L
+            t = _times(sweep, repeats, dev) / L
+            out[a, b], best[a, b] = t.mean(), t.min()
             bar.update(1)
-    return out
+    return out, best
 
 
-def time_heads(model, rows, repeats: int, bar) -> np.ndarray:
-    """[R] seconds of one exit-head group of r rows, sampling included (it ends in a host copy)."""
+def time_heads(model, rows, repeats: int, bar) -> tuple[np.ndarray, np.ndarray]:
+    """[R] seconds of one exit-head group of r rows, sampling included (it ends in a host copy): the
+    mean of the repeats, and their best."""
     dev = model.device
     ex = TorchExecutor(model, [[0]], max(rows) + 1, 4)
-    out = np.zeros(len(rows))
+    out, best = np.zeros((2, len(rows)))
     for a, r in enumerate(rows):
         lat = _rows_at(ex, r, 1)
         s, j = np.zeros(r, np.int64), np.arange(r)
         calls = 4
-        out[a] = _mean(lambda: [ex.read_exits(lat, s, j) for _ in range(calls)], repeats, dev) / calls
+        t = _times(lambda: [ex.read_exits(lat, s, j) for _ in range(calls)], repeats, dev) / calls
+        out[a], best[a] = t.mean(), t.min()
         bar.update(1)
-    return out
+    return out, best
 
 
 def time_refill(model, rows, ctx: int, layer_s, repeats: int, graphs: bool, bar) -> dict:
@@ -239,7 +240,7 @@ def time_transfer(model, rows, repeats: int, bar) -> tuple[dict | None, str | No
     out = []
     for r in rows:
         x = torch.zeros(r, model.args.dim, dtype=model.dtype, device=dev)
-        out.append(_best(lambda: x.to(dst, non_blocking=False), repeats, dev))
+        out.append(float(_times(lambda: x.to(dst, non_blocking=False), repeats, dev).mean()))
         bar.update(1)
     return {"rows": list(rows), "seconds": out, "from": str(dev), "to": str(dst)}, None
 
@@ -321,8 +322,8 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
     n_t = len(head_rows) if dev.type == "cuda" and torch.cuda.device_count() > 1 else 0
     total = len(rows) * (len(contexts) + 1) + len(head_rows) + len(HOST_POLICIES) + n_t
     with torch.inference_mode(), tqdm(total=total, desc="profile", unit="point", file=sys.stderr, mininterval=1) as bar:
-        layer_s = time_layers(model, rows, contexts, repeats, graphs, bar)
-        head_s = time_heads(model, head_rows, repeats, bar)
+        layer_s, layer_best = time_layers(model, rows, contexts, repeats, graphs, bar)
+        head_s, head_best = time_heads(model, head_rows, repeats, bar)
         refill = time_refill(model, rows, contexts[0], layer_s[:, 0], repeats, graphs, bar)
         host = time_host(model, shape["name"], max(1, repeats // 2), bar)
         transfer, note = time_transfer(model, head_rows, repeats, bar)
@@ -351,6 +352,8 @@ def profile(model, shape: dict, dtype: str, rows, contexts, head_rows, repeats: 
         "rows": list(rows), "contexts": list(contexts), "layer_s": layer_s.tolist(),
         "head_rows": list(head_rows), "head_s": head_s.tolist(),
         "head_refill": refill.pop("head_refill"), "head_refill_measured": refill,
+        "best_of_repeats": {"layer_s": layer_best.tolist(), "head_s": head_best.tolist(),
+                            "note": "not priced: the run least disturbed, for comparison with the means"},
         "host_round_s": host[host["priced"]]["per_round_s"], "host_exit_s": host[host["priced"]]["per_exit_s"],
         "host_control": host,
         "transfer": transfer, "notes": [note] if note else [],

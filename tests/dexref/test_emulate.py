@@ -161,6 +161,7 @@ def test_profile_records_its_provenance_and_reads_back(tmp_path, checkpoint):
     assert d["shape"]["name"] == str(checkpoint) and d["shape"]["arch"]["layers"] == 30
     assert d["dtype"] == "float32" and d["rows"] == [1, 2] and d["contexts"] == [16, 32] and d["clock"] == "wall"
     assert np.array(d["layer_s"]).shape == (2, 2) and len(d["head_s"]) == 2 and d["statistic"].startswith("mean")
+    assert (np.array(d["best_of_repeats"]["layer_s"]) <= np.array(d["layer_s"])).all()
     refill = d["head_refill_measured"]
     assert [q["rows"] for q in refill["points"]] == [1, 2] and refill["context"] == 16
     assert d["head_refill"] == max(0.0, np.mean([q["layer_steps"] for q in refill["points"]]))
