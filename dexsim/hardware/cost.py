@@ -54,9 +54,9 @@ class Hardware:
 
     @property
     def refill(self) -> float:
-        """Layer steps' worth of time an exit-head group adds to the layer calls after it (measured by a
-        profile; 0 under the roofline)."""
-        return 0.0 if self.profile is None else self.profile.head_refill
+        """Layer steps' worth of time an exit-head group adds to the layer calls after it (its stream
+        evicts what they reuse from the cache)."""
+        return self.gpu.head_refill if self.profile is None else self.profile.head_refill
 
 
 # --- what a model moves and computes ---------------------------------------------------------------

@@ -151,6 +151,7 @@ class GPUSpec:
     exit_overhead_s: float = 0.0  # ... and of one exit read
     memory_compute_overlap: bool = True  # a step takes max(memory, compute) (True) or their sum (False)
     kv_prefix_shared: bool = False  # rows of one sequence at a layer read its KV prefix once (tree attention)
+    head_refill: float = 0.0  # layer steps' worth of time an exit-head group adds to the layer calls after it
 
     @property
     def layer_overhead_s(self) -> float:
@@ -171,7 +172,7 @@ def cpu_profile_path() -> Path:
 _GPU_NUMBERS = {"peak_flops": False, "memory_bandwidth": False, "memory_bytes": False,
                 "bandwidth_efficiency": False, "compute_efficiency": False, "kernels_per_layer": True,
                 "kernel_overhead_s": True, "collective_overhead_s": True, "round_overhead_s": True,
-                "exit_overhead_s": True}
+                "exit_overhead_s": True, "head_refill": True}
 _LINK_NUMBERS = {"bandwidth": True, "latency_s": True}
 _GPU_FLAGS = ("memory_compute_overlap", "kv_prefix_shared")
 

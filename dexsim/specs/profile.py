@@ -254,7 +254,8 @@ def rates_entry(d: dict) -> dict:
     if not isinstance(rates, dict):
         raise UserError("field rates: missing (not a measured profile of this machine)")
     out = {k: rates[k] for k in (*RATES, "memory_bytes", "bandwidth_efficiency") if k in rates}
-    for field, key in (("host_round_s", "round_overhead_s"), ("host_exit_s", "exit_overhead_s")):
+    for field, key in (("host_round_s", "round_overhead_s"), ("host_exit_s", "exit_overhead_s"),
+                       ("head_refill", "head_refill")):
         if field in d:
             out[key] = d[field]
     return out

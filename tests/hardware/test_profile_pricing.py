@@ -89,6 +89,12 @@ def test_a_head_groups_refill_is_priced_at_the_runs_mean_layer_step(write):
     assert priced["parts"]["heads"] == pytest.approx(2 * 8.0e-3 + 11.0e-3 + 0.5 * 3 * layers / 4)
     assert cost.ar_breakdown(model, hw, 200)["heads"] == pytest.approx(8.0e-3 + 0.5 * 1.5e-3)
     assert load_profile(write(profile_dict(), "old.json")).head_refill == 0.0  # a profile that did not measure it
+    # the roofline prices a device entry's refill the same way
+    import dataclasses
+    model, roof = pricing.hardware("smollm2-135m", "cpu-local")
+    refilled = dataclasses.replace(roof, gpu=dataclasses.replace(roof.gpu, head_refill=0.5))
+    a, b = pricing.price(tally, model, roof)["parts"], pricing.price(tally, model, refilled)["parts"]
+    assert b["heads"] - a["heads"] == pytest.approx(0.5 * 3 * a["layers"] / 4) and b["layers"] == a["layers"]
 
 
 @pytest.mark.parametrize("name,kw", [("ar", {}), ("layerskip", {"exit": 9}), ("adaptive", {"exits": (9, 18)}),
@@ -204,10 +210,10 @@ def test_calibrate_writes_a_profile_the_cpu_local_entry_reads(tmp_path, monkeypa
     gpu = get_gpu("cpu-local")
     assert gpu.memory_bandwidth == d["rates"]["memory_bandwidth"] and gpu.peak_flops == d["rates"]["peak_flops"]
     # a `dexref profile` file serves as the overlay too, with its host control terms
-    full = profile_dict(rates=d["rates"])
+    full = profile_dict(rates=d["rates"], head_refill=0.4)
     out.write_text(json.dumps(full))
     gpu = get_gpu("cpu-local")
-    assert gpu.round_overhead_s == 5.0e-5 and gpu.exit_overhead_s == 2.0e-5
+    assert gpu.round_overhead_s == 5.0e-5 and gpu.exit_overhead_s == 2.0e-5 and gpu.head_refill == 0.4
     out.write_text(json.dumps({"format": "dex-profile/1"}))
     run = run_cli("dexsim", ["gpus"])
     assert run.rc == 2 and "cpu-local.json" in error_line(run) and "rates" in error_line(run)
