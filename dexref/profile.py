@@ -49,8 +49,8 @@ from dexsim.specs.profile import FORMAT
 from .engine import TorchExecutor
 
 CPU_ROWS = (1, 2, 4, 8, 16, 32)
-REFILL_CALLS = 4
 CPU_CONTEXTS = (128, 512, 2048, 8192)
+REFILL_CALLS = 4  # layer calls timed after a head: on this CPU the refill is over by the third
 HOST_POLICIES = (("ar", {}), ("layerskip", {}), ("adaptive", {"threshold": 0.5}),
                  ("dex", {"explorers": 4, "buffer": 8}), ("dex", {"explorers": 8, "buffer": 16, "priority": "deep"}))
 
@@ -87,8 +87,6 @@ def _best(fn, repeats: int, dev) -> float:
     """A rate's time: the best run (what the device can do; a table's time is the mean run: what a long
     run of such calls takes per call)."""
     return float(_times(fn, repeats, dev).min())
-
-
 
 
 def _rows_at(ex: TorchExecutor, rows: int, ctx: int) -> SimpleNamespace:
