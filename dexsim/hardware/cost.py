@@ -225,7 +225,7 @@ def ar_breakdown(model: ModelSpec, hw: Hardware, context: float) -> dict:
     L = model.layers
     parts = {
         "layers": L * float(busy(hw, lp)),
-        "heads": float(busy(hw, hp)) + hw.refill * float(busy(hw, lp)),  # the next token's first layers refill
+        "heads": float(busy(hw, hp)) + hw.refill * float(_step_time(hw, lp)),  # the next token's first layers refill
         # AR: L rounds and one exit read per token
         "overhead": L * float(lp["overhead"]) + float(hp["overhead"]) + L * hw.round_s + rows * hw.exit_s,
         "collectives": L * float(lp["collectives"]) + float(hp["collectives"]),
@@ -274,10 +274,11 @@ def price_counts(model: ModelSpec, hw: Hardware, load_rows, ctx_per_row: float, 
     lp = layer_parts(model, hw, r, r * ctx_per_row, seqs=hw.batch)  # a load spans the batch's sequences
     h = np.arange(heads.size, dtype=float)
     hp = head_parts(model, hw, h)
-    layers = float(loads @ busy(hw, lp))
-    refill = hw.refill * heads.sum() * layers / loads.sum() if hw.refill and loads.sum() else 0.0
+    refill = 0.0
+    if hw.refill and loads.sum():
+        refill = hw.refill * heads.sum() * float(loads @ _step_time(hw, lp)) / loads.sum()
     parts = {
-        "layers": layers,
+        "layers": float(loads @ busy(hw, lp)),
         "heads": float(heads @ busy(hw, hp)) + refill,
         "overhead": (float(loads @ lp["overhead"] + heads @ hp["overhead"]) + rounds * hw.round_s
                      + float(heads @ h) * hw.exit_s),

@@ -92,9 +92,11 @@ def test_a_head_groups_refill_is_priced_at_the_runs_mean_layer_step(write):
     # the roofline prices a device entry's refill the same way
     import dataclasses
     model, roof = pricing.hardware("smollm2-135m", "cpu-local")
-    refilled = dataclasses.replace(roof, gpu=dataclasses.replace(roof.gpu, head_refill=0.5))
+    roof, refilled = (dataclasses.replace(roof, gpu=dataclasses.replace(roof.gpu, head_refill=x)) for x in (0.0, 0.5))
     a, b = pricing.price(tally, model, roof)["parts"], pricing.price(tally, model, refilled)["parts"]
-    assert b["heads"] - a["heads"] == pytest.approx(0.5 * 3 * a["layers"] / 4) and b["layers"] == a["layers"]
+    step = lambda r: cost.layer_time(model, roof, r, r * 200, seqs=1)  # noqa: E731  (whole steps: overhead too)
+    assert b["heads"] - a["heads"] == pytest.approx(0.5 * 3 * (2 * step(1) + step(2) + step(4)) / 4)
+    assert b["layers"] == a["layers"]
 
 
 @pytest.mark.parametrize("name,kw", [("ar", {}), ("layerskip", {"exit": 9}), ("adaptive", {"exits": (9, 18)}),
