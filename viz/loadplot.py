@@ -101,9 +101,9 @@ def load_figure(data: dict, trace: str, setting: str):
             ax.legend(fontsize=5.5)
     kind = _kind(data.get("traces", {}).get(trace))
     best = "re-tuned at each point" if data.get("retuned_trials") else "tuned at batch 1"
-    fig.suptitle(f"{trace} ({kind}) on {setting}, {data.get('gpu', '')}: AR, best single-depth, best DEX ({best})"
+    fig.suptitle(f"{trace} ({kind})\non {setting}, {data.get('gpu', '')}: AR, best single-depth, best DEX ({best})"
                  if kind else f"{trace} on {setting}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return fig
 
 
