@@ -198,7 +198,8 @@ def main(argv=None) -> int:
         for lab, policy in policies_for(trace, profile_a, model_name, heads, args.dtype, args.gpu):
             if keep is not None and lab.split()[0] not in keep:
                 continue
-            runs = [emulate(trace, policy, model, graphs=model.device.type == "cuda") for _ in range(max(args.repeats, 1))]
+            runs = [emulate(trace, policy, model, graphs=model.device.type == "cuda")
+                    for _ in range(max(args.repeats, 1))]
             run = runs[0]  # counters and tally: every run has the replay's
             rep = replay(trace, policy).counters.totals()
             assert all(r.counters == rep and r.output_matches_trace for r in runs), (lab, run.counters, rep)

@@ -463,7 +463,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rows", default="1,2,4,8,16,32", help="rows per layer step (and exit-head group)")
     p.add_argument("--contexts", default="64,256,1024,8192", help="KV positions each row reads")
     p.add_argument("--head-rows", default=None, help="rows per exit-head group (default: --rows)")
-    p.add_argument("--repeats", type=int, default=5, help="timed repeats of every point: the tables keep their mean (the best too, unpriced)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed repeats of every point: the tables keep their mean (the best too, unpriced)")
     p.add_argument("--clock", default="wall", choices=("wall", "cpu"),
                    help="wall clock, or this process's CPU time (a CPU shared with other jobs; with --threads 1)")
     p.add_argument("--out", required=True, help="profile to write (JSON)")

@@ -10,8 +10,8 @@ One format, two uses:
 - the tables (profiles of a model shape, from `dexref profile`): seconds of one layer step over a grid
   of rows x context per row, of one exit-head group over rows, the host's control cost per round,
   a stage-to-stage transfer where the machine had two devices, and `head_refill`: the layer steps'
-  worth of time a head group costs the layer calls after it (0 where a profile does not say). `--profile` prices from them
-  instead of the roofline (`dexsim/hardware/cost.py`).
+  worth of time a head group costs the layer calls after it (0 where a profile does not say).
+  `--profile` prices from them instead of the roofline (`dexsim/hardware/cost.py`).
 
 Between grid points a table is interpolated linearly in rows and in context (a layer's cost is close
 to affine in both: weights once, then KV and activations per row and position), so the grid points
@@ -237,7 +237,8 @@ def load_profile(path) -> Profile:
         raise _problem(path, "dtype", f"{_short(dtype)} is not a dtype name")
     return Profile(path=str(path), device=device["name"], catalog_gpu=gpu, arch={k: int(arch[k]) for k in SHAPE_FIELDS},
                    dtype=dtype, rows=rows, contexts=contexts, layer_s=layer_s, head_rows=head_rows, head_s=head_s,
-                   host_round_s=float(host), host_exit_s=float(host_exit), head_refill=float(refill), transfer_rows=t_rows, transfer_s=t_s)
+                   host_round_s=float(host), host_exit_s=float(host_exit), head_refill=float(refill),
+                   transfer_rows=t_rows, transfer_s=t_s)
 
 
 def check_shape(profile: Profile, model) -> None:
